@@ -39,6 +39,7 @@ class Request:
     """
 
     __slots__ = (
+        "all_token_ids",
         "arrival_time",
         "block_hashes",
         "eos_token_id",
@@ -47,7 +48,6 @@ class Request:
         "num_computed_tokens",
         "num_preemptions",
         "output_token_ids",
-        "all_token_ids",
         "prompt_token_ids",
         "req_id",
         "sampling_params",

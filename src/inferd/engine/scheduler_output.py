@@ -17,6 +17,7 @@ class NewRequestData:
     sampling_params: SamplingParams
     block_ids: list[int]  # the whole block table
     num_computed_tokens: int  # tokens already in the KV cache (prefix-cache hits)
+    eos_token_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -35,8 +36,8 @@ class SchedulerOutput:
     # req_id -> tokens to compute this step; its order is the batch order.
     num_scheduled_tokens: dict[str, int]
     total_num_scheduled_tokens: int
-    # Requests that left the running set since the last step (finished, aborted or preempted):
-    # the runner drops their batch state.
+    # Requests that finished or were aborted since the last step: the runner drops their state.
+    # Preempted ones are listed apart: the runner drops their batch state but keeps seeded generators.
     finished_req_ids: set[str] = field(default_factory=set)
     preempted_req_ids: set[str] = field(default_factory=set)
 
