@@ -1,0 +1,153 @@
+"""Pure-torch kernels: the CPU path and the oracle the Triton kernels are tested against.
+
+Every public function here has the same signature and contract as its Triton twin in ``kernels/triton_*.py``.
+These versions favour clarity over speed (``paged_attention`` loops over sequences on the host).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "fused_add_rms_norm",
+    "paged_attention",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "store_kv_cache",
+]
+
+
+def store_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write each token's key/value into its KV-cache slot; slots < 0 (padding) are skipped.
+
+    key, value: [num_tokens, num_kv_heads, head_dim]
+    k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim], contiguous; written in place
+    slot_mapping: [num_tokens] int64, ``block_id * block_size + offset``
+    """
+    num_tokens = slot_mapping.shape[0]
+    valid = slot_mapping >= 0  # [num_tokens]
+    slots = slot_mapping[valid]  # [num_valid]
+    flat_k = k_cache.view(-1, *k_cache.shape[2:])  # [num_blocks * block_size, num_kv_heads, head_dim]
+    flat_v = v_cache.view(-1, *v_cache.shape[2:])
+    flat_k[slots] = key[:num_tokens][valid].to(k_cache.dtype)
+    flat_v[slots] = value[:num_tokens][valid].to(v_cache.dtype)
+
+
+def paged_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    max_query_len: int,
+    max_seq_len: int,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of a flat batch of new tokens over their sequences' cached keys/values.
+
+    query: [num_tokens, num_heads, head_dim]; k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: [num_seqs, max_blocks] int32; seq_lens: [num_seqs] int32 (context including the new tokens);
+    query_start_loc: [num_seqs + 1] int32.
+    Query token ``i`` of sequence ``b`` sits at position ``seq_lens[b] - query_len_b + i`` and attends to cached
+    positions up to and including its own. Head ``h`` reads kv head ``h // (num_heads // num_kv_heads)``.
+    Returns [num_tokens, num_heads, head_dim] in ``query.dtype``; rows past ``query_start_loc[-1]`` are zero.
+    Softmax runs in float32. ``max_query_len`` and ``max_seq_len`` are launch hints, unused here.
+    """
+    del max_query_len, max_seq_len
+    num_heads = query.shape[1]
+    block_size, num_kv_heads, head_dim = k_cache.shape[1:]
+    assert num_heads % num_kv_heads == 0, "num_heads must be a multiple of num_kv_heads"
+    out = torch.zeros_like(query)  # [num_tokens, num_heads, head_dim]
+    starts = query_start_loc.tolist()
+    lens = seq_lens.tolist()
+    for b, seq_len in enumerate(lens):
+        q_start, q_end = starts[b], starts[b + 1]
+        query_len = q_end - q_start
+        if query_len == 0:
+            continue
+        assert seq_len >= query_len, "seq_lens must include the new tokens"
+        num_blocks = (seq_len + block_size - 1) // block_size
+        blocks = block_tables[b, :num_blocks].long()  # [num_blocks]
+        k = k_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len]  # [seq_len, num_kv_heads, head_dim]
+        v = v_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:seq_len]
+        q_pos = torch.arange(seq_len - query_len, seq_len, device=query.device)  # [query_len]
+        k_pos = torch.arange(seq_len, device=query.device)  # [seq_len]
+        mask = k_pos[None, :] <= q_pos[:, None]  # [query_len, seq_len]
+        o = F.scaled_dot_product_attention(
+            query[q_start:q_end].transpose(0, 1).float(),  # [num_heads, query_len, head_dim]
+            k.transpose(0, 1).float(),  # [num_kv_heads, seq_len, head_dim]
+            v.transpose(0, 1).float(),
+            attn_mask=mask,
+            scale=scale,
+            enable_gqa=True,
+        )  # [num_heads, query_len, head_dim]
+        out[q_start:q_end] = o.transpose(0, 1).to(query.dtype)
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x / sqrt(mean(x^2) + eps) * weight`` over the last dim, computed in float32.
+
+    x: [num_tokens, hidden]; weight: [hidden]. Returns [num_tokens, hidden] in ``x.dtype``.
+    """
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (xf * weight.float()).to(x.dtype)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``(rms_norm(x + residual, weight, eps), x + residual)``; the sum is taken in ``x.dtype``.
+
+    x, residual: [num_tokens, hidden]; weight: [hidden].
+    """
+    summed = x + residual.to(x.dtype)  # [num_tokens, hidden]
+    return rms_norm(summed, weight, eps), summed
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """x: [num_tokens, 2 * intermediate] -> ``silu(x[:, :I]) * x[:, I:]``: [num_tokens, intermediate]."""
+    d = x.shape[-1] // 2
+    return F.silu(x[..., :d]) * x[..., d:]
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, is_neox: bool) -> torch.Tensor:
+    """x: [T, H, D]; cos, sin: [T, 1, rot_dim // 2] float32. Rotates the first rot_dim dims of each head."""
+    rot_dim = cos.shape[-1] * 2
+    x_rot = x[..., :rot_dim].float()
+    if is_neox:
+        x1, x2 = x_rot.chunk(2, dim=-1)
+        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    else:
+        x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
+        rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    return torch.cat((rotated.to(x.dtype), x[..., rot_dim:]), dim=-1)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding of the first ``rot_dim`` dims of every query and key head.
+
+    positions: [num_tokens] int64; query: [num_tokens, num_heads, head_dim]; key: [num_tokens, num_kv_heads, head_dim];
+    cos_sin_cache: [max_position, rot_dim] float32, cos in the first rot_dim/2 columns and sin in the rest.
+    ``is_neox`` rotates the two halves (HF Llama/Qwen); otherwise even/odd pairs (GPT-J).
+    Returns new (query, key) of the input shapes and dtypes; the inputs are not modified.
+    """
+    cos_sin = cos_sin_cache.index_select(0, positions.long())  # [num_tokens, rot_dim]
+    cos, sin = cos_sin.float().unsqueeze(1).chunk(2, dim=-1)  # [num_tokens, 1, rot_dim // 2] each
+    return _rotate(query, cos, sin, is_neox), _rotate(key, cos, sin, is_neox)
