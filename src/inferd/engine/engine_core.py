@@ -1,0 +1,74 @@
+"""The engine core: schedule → run → update, one step at a time. Runs in-process (offline LLM) or in its own
+process behind the async frontend (engine/core_proc.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from inferd.config import EngineConfig
+from inferd.engine.core_types import EngineCoreOutputs, EngineCoreRequest
+from inferd.engine.request import Request
+from inferd.engine.scheduler import Scheduler
+from inferd.worker.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+class EngineCore:
+    """Owns the scheduler and the model runner. Not thread-safe: one caller drives ``step()``."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.runner = ModelRunner(config)
+        num_blocks = self.runner.determine_num_blocks()
+        self._check_capacity(num_blocks)
+        self.runner.initialize_kv_cache(num_blocks)
+        self.runner.capture_cuda_graphs()
+        self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks)
+        self.num_blocks = num_blocks
+
+    def _check_capacity(self, num_blocks: int) -> None:
+        bs = self.config.cache_config.block_size
+        max_len = self.config.scheduler_config.max_model_len
+        usable_tokens = (num_blocks - 1) * bs
+        logger.info(
+            "KV cache: %d blocks of %d tokens = %d tokens (%.2f GiB); max concurrency at max_model_len=%d: %.2fx",
+            num_blocks,
+            bs,
+            usable_tokens,
+            num_blocks * self.runner.kv_block_bytes() / 2**30,
+            max_len,
+            usable_tokens / max_len,
+        )
+        if usable_tokens < max_len:
+            raise ValueError(
+                f"The KV cache holds {usable_tokens} tokens, fewer than max_model_len={max_len}, so a long request "
+                "could never run. Lower --max-model-len, or give the cache more memory "
+                "(--gpu-memory-utilization / --kv-cache-memory-bytes / --num-gpu-blocks-override)."
+            )
+
+    def add_request(self, request: EngineCoreRequest) -> None:
+        self.scheduler.add_request(
+            Request(
+                request.req_id,
+                request.prompt_token_ids,
+                request.sampling_params,
+                request.eos_token_id,
+                self.config.scheduler_config.max_model_len,
+                arrival_time=request.arrival_time,
+            )
+        )
+
+    def abort_requests(self, req_ids: list[str]) -> None:
+        self.scheduler.abort_requests(req_ids)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> EngineCoreOutputs:
+        scheduler_output = self.scheduler.schedule()
+        runner_output = self.runner.execute_model(scheduler_output)
+        outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        outputs.timestamp = time.time()
+        return outputs

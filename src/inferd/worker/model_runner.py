@@ -1,0 +1,405 @@
+"""Model runner: keeps the batch's per-request state, turns a SchedulerOutput into flat tensors, runs the model
+and the sampler, and returns a ModelRunnerOutput."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from inferd.config import EngineConfig
+from inferd.engine.core_types import TokenLogprobs
+from inferd.engine.scheduler_output import SchedulerOutput
+from inferd.layers.attention import bind_kv_caches
+from inferd.layers.attention_metadata import AttentionMetadata
+from inferd.layers.sampler import Sampler, compute_prompt_logprobs, logprobs_to_lists
+from inferd.models.registry import get_model_class
+from inferd.models.weight_utils import initialize_dummy_weights, iter_weights
+from inferd.sampling_params import SamplingParams
+from inferd.worker.cuda_graph import CudaGraphRunner
+from inferd.worker.model_runner_output import ModelRunnerOutput
+from inferd.worker.sampling_batch import SamplingBatch
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(slots=True)
+class _RequestState:
+    token_ids: list[int]  # prompt + outputs known so far
+    num_prompt_tokens: int
+    block_ids: list[int]
+    num_computed_tokens: int
+    prompt_logprobs: int | None
+    logprobs: int | None
+
+
+@dataclass(slots=True)
+class _StepInputs:
+    """One step's flat inputs on the host; tensors are made from them by the eager or the graph path."""
+
+    input_ids: np.ndarray  # [num_tokens] int64
+    positions: np.ndarray  # [num_tokens] int64
+    slots: np.ndarray  # [num_tokens] int64
+    query_start_loc: np.ndarray  # [num_seqs + 1] int64
+    seq_lens: np.ndarray  # [num_seqs] int64
+    block_tables: np.ndarray  # [num_seqs, max_blocks] int32
+    max_query_len: int
+    sample_req_ids: list[str]
+    sample_rows: list[int]  # rows of the hidden states to sample from
+    # req_id -> (hidden rows, prompt positions they predict, first position of the chunk)
+    prompt_logprob_rows: dict[str, tuple[list[int], list[int], int]]
+
+
+class ModelRunner:
+    """Owns the model, its KV cache and the sampling state on one device."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.model_config = config.model_config
+        self.cache_config = config.cache_config
+        self.scheduler_config = config.scheduler_config
+        self.device = torch.device(config.device_config.device)
+        self.dtype = _DTYPES[self.model_config.dtype]
+        self.block_size = self.cache_config.block_size
+        hf_config = self.model_config.hf_config
+        self.vocab_size: int = hf_config.vocab_size
+        self.num_layers: int = hf_config.num_hidden_layers
+        self.num_kv_heads: int = getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
+        self.head_dim: int = getattr(hf_config, "head_dim", None) or (
+            hf_config.hidden_size // hf_config.num_attention_heads
+        )
+        self.model = self._load_model()
+        self.sampler = Sampler()
+        self.sampling_batch = SamplingBatch(self.vocab_size, self.device)
+        self.requests: dict[str, _RequestState] = {}
+        self._parked: set[str] = set()  # preempted: sampling state (seeded generators) kept until they resume
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.graph_runner: CudaGraphRunner | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _load_model(self) -> torch.nn.Module:
+        cls = get_model_class(getattr(self.model_config.hf_config, "architectures", None))
+        start = time.perf_counter()
+        old_dtype = torch.get_default_dtype()
+        torch.manual_seed(self.model_config.seed)
+        try:
+            torch.set_default_dtype(self.dtype)
+            with torch.device(self.device):
+                model = cls(self.model_config.hf_config)
+        finally:
+            torch.set_default_dtype(old_dtype)
+        if self.model_config.load_format == "dummy":
+            initialize_dummy_weights(model, seed=self.model_config.seed)
+        else:
+            model.load_weights(iter_weights(self.model_config.source))
+        model.eval()
+        logger.info(
+            "Loaded %s (%s, %s) in %.1f s",
+            self.model_config.model,
+            cls.__name__,
+            self.model_config.dtype,
+            time.perf_counter() - start,
+        )
+        return model
+
+    def kv_block_bytes(self) -> int:
+        """Bytes of one KV block across all layers (K and V)."""
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
+
+    def determine_num_blocks(self) -> int:
+        """How many KV blocks fit: the override, an explicit byte budget, or what the memory profile leaves."""
+        if self.cache_config.num_gpu_blocks_override is not None:
+            return self.cache_config.num_gpu_blocks_override
+        block_bytes = self.kv_block_bytes()
+        if self.cache_config.kv_cache_memory_bytes is not None:
+            budget = self.cache_config.kv_cache_memory_bytes
+            # Never more than every sequence at full length needs (keeps CPU memory modest).
+            needed = self.scheduler_config.max_num_seqs * (
+                -(-self.scheduler_config.max_model_len // self.block_size)
+            )
+            return max(2, min(budget // block_bytes, needed + 1))
+        if self.device.type != "cuda":
+            raise ValueError("kv_cache_memory_bytes is required off the GPU.")
+        return self._profile_num_gpu_blocks(block_bytes)
+
+    @torch.inference_mode()
+    def _profile_num_gpu_blocks(self, block_bytes: int) -> int:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        free_before, total = torch.cuda.mem_get_info(self.device)
+        used_by_others = total - free_before - torch.cuda.memory_reserved(self.device)
+        num_tokens = self.scheduler_config.max_num_batched_tokens
+        num_seqs = max(1, min(self.scheduler_config.max_num_seqs, num_tokens))
+        tmp_blocks = num_tokens // self.block_size + num_seqs + 1
+        self._run_dummy_batch(num_tokens, num_seqs, tmp_blocks)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        self.kv_caches = []
+        bind_kv_caches(self.model, [])
+        torch.cuda.empty_cache()
+        budget = total * self.cache_config.gpu_memory_utilization - used_by_others - peak
+        num_blocks = int(budget // block_bytes)
+        logger.info(
+            "Memory profile: total %.1f GiB, peak activations+weights %.2f GiB, KV budget %.2f GiB",
+            total / 2**30,
+            peak / 2**30,
+            max(budget, 0) / 2**30,
+        )
+        if num_blocks < 2:
+            raise ValueError(
+                f"The model does not leave room for a KV cache: weights and activations need {peak / 2**30:.1f} "
+                f"GiB of the {total * self.cache_config.gpu_memory_utilization / 2**30:.1f} GiB allowed. Raise "
+                "--gpu-memory-utilization, lower --max-num-batched-tokens, or use a smaller model/dtype."
+            )
+        return num_blocks
+
+    def _run_dummy_batch(self, num_tokens: int, num_seqs: int, num_blocks: int) -> None:
+        self.initialize_kv_cache(num_blocks)
+        per_seq = [num_tokens // num_seqs] * num_seqs
+        per_seq[-1] += num_tokens - sum(per_seq)
+        starts = np.concatenate([[0], np.cumsum(per_seq)])
+        positions = np.concatenate([np.arange(n) for n in per_seq])
+        max_blocks = -(-max(per_seq) // self.block_size)
+        block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int32)
+        next_block = 1
+        slots = np.empty(num_tokens, dtype=np.int64)
+        for i, n in enumerate(per_seq):
+            nb = -(-n // self.block_size)
+            block_tables[i, :nb] = np.arange(next_block, next_block + nb)
+            next_block += nb
+            pos = np.arange(n)
+            slots[starts[i] : starts[i] + n] = block_tables[i, pos // self.block_size] * self.block_size + (
+                pos % self.block_size
+            )
+        meta = self._make_metadata(slots, starts, np.array(per_seq), block_tables, max(per_seq), max(per_seq))
+        input_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
+        hidden = self.model(input_ids, torch.from_numpy(positions).to(self.device), meta)
+        logits = self.model.compute_logits(hidden[:num_seqs])
+        # Sample with top-k/top-p on so the profile includes the sampler's sort.
+        batch = SamplingBatch(self.vocab_size, self.device)
+        params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50)
+        ids = [f"profile-{i}" for i in range(num_seqs)]
+        for req_id in ids:
+            batch.add_request(req_id, params, [0], [], None)
+        self.sampler(logits, batch.make_metadata(ids))
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        shape = (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        self.kv_caches = []
+        for _ in range(self.num_layers):
+            kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self.kv_caches.append((kv[0], kv[1]))
+        bind_kv_caches(self.model, self.kv_caches)
+        self.num_blocks = num_blocks
+
+    def capture_cuda_graphs(self) -> None:
+        """Capture decode graphs (CUDA only; call after initialize_kv_cache)."""
+        if self.device.type != "cuda" or self.config.enforce_eager:
+            return
+        self.graph_runner = CudaGraphRunner(
+            self.model,
+            self.scheduler_config.max_num_seqs,
+            self.scheduler_config.max_model_len,
+            self.block_size,
+            self.device,
+        )
+        self.graph_runner.capture()
+
+    # ------------------------------------------------------------------ per step
+    def _update_states(self, so: SchedulerOutput) -> None:
+        for req_id in so.finished_req_ids:
+            if self.requests.pop(req_id, None) is not None or req_id in self._parked:
+                self._parked.discard(req_id)
+                self.sampling_batch.remove_request(req_id, finished=True)
+        for req_id in so.preempted_req_ids:
+            if self.requests.pop(req_id, None) is not None:
+                self._parked.add(req_id)
+                self.sampling_batch.remove_request(req_id, finished=False)
+        for new in so.scheduled_new_reqs:
+            if new.req_id in self.requests:  # resumed without an explicit preemption notice
+                self.sampling_batch.remove_request(new.req_id, finished=False)
+            self._parked.discard(new.req_id)
+            params = new.sampling_params
+            self.requests[new.req_id] = _RequestState(
+                token_ids=new.prompt_token_ids + new.output_token_ids,
+                num_prompt_tokens=len(new.prompt_token_ids),
+                block_ids=list(new.block_ids),
+                num_computed_tokens=new.num_computed_tokens,
+                prompt_logprobs=params.prompt_logprobs,
+                logprobs=params.logprobs,
+            )
+            self.sampling_batch.add_request(
+                new.req_id, params, new.prompt_token_ids, new.output_token_ids, new.eos_token_id
+            )
+        for cached in so.scheduled_cached_reqs:
+            state = self.requests[cached.req_id]
+            state.block_ids.extend(cached.new_block_ids)
+            state.num_computed_tokens = cached.num_computed_tokens
+
+    def _make_metadata(
+        self,
+        slots: np.ndarray,
+        query_start_loc: np.ndarray,
+        seq_lens: np.ndarray,
+        block_tables: np.ndarray,
+        max_query_len: int,
+        max_seq_len: int,
+    ) -> AttentionMetadata:
+        dev = self.device
+        return AttentionMetadata(
+            slot_mapping=torch.from_numpy(slots).to(dev, non_blocking=True),
+            query_start_loc=torch.from_numpy(query_start_loc.astype(np.int32)).to(dev, non_blocking=True),
+            seq_lens=torch.from_numpy(seq_lens.astype(np.int32)).to(dev, non_blocking=True),
+            block_tables=torch.from_numpy(block_tables).to(dev, non_blocking=True),
+            max_query_len=int(max_query_len),
+            max_seq_len=int(max_seq_len),
+            num_actual_tokens=int(query_start_loc[-1]),
+            query_start_loc_cpu=query_start_loc.tolist(),
+            seq_lens_cpu=seq_lens.tolist(),
+        )
+
+    def _prepare_inputs(self, so: SchedulerOutput) -> _StepInputs:
+        bs = self.block_size
+        req_ids = list(so.num_scheduled_tokens)
+        num_seqs = len(req_ids)
+        total = so.total_num_scheduled_tokens
+        input_ids = np.empty(total, dtype=np.int64)
+        positions = np.empty(total, dtype=np.int64)
+        query_start_loc = np.zeros(num_seqs + 1, dtype=np.int64)
+        seq_lens = np.empty(num_seqs, dtype=np.int64)
+        states = [self.requests[r] for r in req_ids]
+        max_blocks = max(len(s.block_ids) for s in states)
+        block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int32)
+        sample_req_ids: list[str] = []
+        sample_rows: list[int] = []
+        prompt_rows: dict[str, tuple[list[int], list[int], int]] = {}
+        offset = 0
+        max_query_len = 0
+        for i, (req_id, state) in enumerate(zip(req_ids, states)):
+            n = so.num_scheduled_tokens[req_id]
+            start = state.num_computed_tokens
+            end = start + n
+            if n == 1:
+                input_ids[offset] = state.token_ids[start]
+                positions[offset] = start
+            else:
+                input_ids[offset : offset + n] = state.token_ids[start:end]
+                positions[offset : offset + n] = np.arange(start, end)
+            block_tables[i, : len(state.block_ids)] = state.block_ids
+            seq_lens[i] = end
+            max_query_len = max(max_query_len, n)
+            if end == len(state.token_ids):
+                sample_req_ids.append(req_id)
+                sample_rows.append(offset + n - 1)
+            if state.prompt_logprobs is not None and start < state.num_prompt_tokens - 1:
+                last = min(end, state.num_prompt_tokens - 1)  # position p predicts prompt token p + 1
+                rows = list(range(offset, offset + last - start))
+                prompt_rows[req_id] = (rows, list(range(start + 1, last + 1)), start)
+            elif state.prompt_logprobs is not None and start == 0:
+                prompt_rows[req_id] = ([], [], 0)  # one-token prompt: only the leading None
+            offset += n
+            query_start_loc[i + 1] = offset
+        seq_index = np.repeat(np.arange(num_seqs), np.diff(query_start_loc)) if max_query_len > 1 else np.arange(num_seqs)
+        slots = block_tables[seq_index, positions // bs].astype(np.int64) * bs + positions % bs
+        return _StepInputs(
+            input_ids=input_ids,
+            positions=positions,
+            slots=slots,
+            query_start_loc=query_start_loc,
+            seq_lens=seq_lens,
+            block_tables=block_tables,
+            max_query_len=max_query_len,
+            sample_req_ids=sample_req_ids,
+            sample_rows=sample_rows,
+            prompt_logprob_rows=prompt_rows,
+        )
+
+    def _forward_eager(self, inputs: _StepInputs) -> torch.Tensor:
+        """Hidden states [num_tokens, hidden] for the whole step."""
+        dev = self.device
+        meta = self._make_metadata(
+            inputs.slots,
+            inputs.query_start_loc,
+            inputs.seq_lens,
+            inputs.block_tables,
+            inputs.max_query_len,
+            int(inputs.seq_lens.max()),
+        )
+        input_ids = torch.from_numpy(inputs.input_ids).to(dev, non_blocking=True)
+        positions = torch.from_numpy(inputs.positions).to(dev, non_blocking=True)
+        return self.model(input_ids, positions, meta)
+
+    @torch.inference_mode()
+    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        self._update_states(so)
+        if so.total_num_scheduled_tokens == 0:
+            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+        inputs = self._prepare_inputs(so)
+        num_seqs = len(inputs.seq_lens)
+        prompt_logprobs: dict[str, list[TokenLogprobs | None]] = {}
+        if (
+            self.graph_runner is not None
+            and inputs.max_query_len == 1
+            and len(inputs.sample_rows) == num_seqs
+            and not inputs.prompt_logprob_rows
+            and self.graph_runner.can_run(num_seqs)
+        ):
+            logits = self.graph_runner.run(
+                inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens, inputs.block_tables
+            )
+        else:
+            hidden = self._forward_eager(inputs)
+            prompt_logprobs = self._prompt_logprobs(hidden, inputs)
+            logits = None
+            if inputs.sample_req_ids:
+                rows = torch.tensor(inputs.sample_rows, dtype=torch.long).to(self.device, non_blocking=True)
+                logits = self.model.compute_logits(hidden[rows])
+        sampled: dict[str, int] = {}
+        sample_logprobs: dict[str, TokenLogprobs] = {}
+        if logits is not None:
+            metadata = self.sampling_batch.make_metadata(inputs.sample_req_ids)
+            out = self.sampler(logits, metadata)
+            token_ids = out.sampled_token_ids.tolist()
+            if out.logprobs is not None:
+                nums = [self.requests[r].logprobs for r in inputs.sample_req_ids]
+                lists = logprobs_to_lists(out.logprobs, [n or 0 for n in nums])
+                for req_id, n, lp in zip(inputs.sample_req_ids, nums, lists):
+                    if n is not None:
+                        sample_logprobs[req_id] = lp
+            for req_id, tok in zip(inputs.sample_req_ids, token_ids):
+                sampled[req_id] = tok
+                self.requests[req_id].token_ids.append(tok)
+                self.sampling_batch.append_output_token(req_id, tok)
+        req_ids = list(so.num_scheduled_tokens)
+        for req_id in req_ids:
+            self.requests[req_id].num_computed_tokens += so.num_scheduled_tokens[req_id]
+        return ModelRunnerOutput(
+            req_ids=req_ids,
+            sampled_token_ids=[[sampled[r]] if r in sampled else [] for r in req_ids],
+            logprobs=[[sample_logprobs[r]] if r in sample_logprobs else None for r in req_ids]
+            if sample_logprobs
+            else None,
+            prompt_logprobs=prompt_logprobs,
+        )
+
+    def _prompt_logprobs(
+        self, hidden: torch.Tensor, inputs: _StepInputs
+    ) -> dict[str, list[TokenLogprobs | None]]:
+        result: dict[str, list[TokenLogprobs | None]] = {}
+        for req_id, (rows, targets, start) in inputs.prompt_logprob_rows.items():
+            state = self.requests[req_id]
+            k = state.prompt_logprobs or 0
+            chunk: list[TokenLogprobs | None] = [None] if start == 0 else []
+            if rows:
+                logits = self.model.compute_logits(hidden[torch.tensor(rows, device=self.device)])
+                target_ids = torch.tensor([state.token_ids[p] for p in targets], device=self.device)
+                tensors = compute_prompt_logprobs(logits, target_ids, k)
+                chunk.extend(logprobs_to_lists(tensors, [k] * len(rows)))
+            result[req_id] = chunk
+        return result
