@@ -82,7 +82,9 @@ class LLM:
         """Apply the tokenizer's chat template to each conversation, then generate."""
         tokenizer = self.get_tokenizer()
         if tokenizer is None:
-            raise ValueError("This model has no tokenizer, so it has no chat template; use generate() with token ids.")
+            raise ValueError(
+                "This model has no tokenizer, so it has no chat template; use generate() with token ids."
+            )
         conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         prompts: list[PromptType] = []
         for conversation in conversations:
@@ -111,7 +113,9 @@ class LLM:
                         bar.update(1)
                         elapsed = bar.format_dict.get("elapsed") or 0.0
                         if elapsed > 0:
-                            bar.set_postfix_str(f"output {num_output_tokens / elapsed:.1f} tok/s", refresh=False)
+                            bar.set_postfix_str(
+                                f"output {num_output_tokens / elapsed:.1f} tok/s", refresh=False
+                            )
         except BaseException:
             self.llm_engine.abort_request([r for r in request_ids if r not in finished])
             raise

@@ -28,7 +28,11 @@ def hf_greedy(path: Path, prompt_ids: list[list[int]], max_tokens: int) -> list[
         x = torch.tensor([ids])
         with torch.no_grad():
             y = model.generate(
-                x, max_new_tokens=max_tokens, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(x)
+                x,
+                max_new_tokens=max_tokens,
+                do_sample=False,
+                pad_token_id=0,
+                attention_mask=torch.ones_like(x),
             )
         outs.append(y[0, len(ids) :].tolist())
     return outs
@@ -124,14 +128,20 @@ def test_sampling_seed_n_and_stop(tiny_qwen3: Path) -> None:
     batched = llm.generate(["The quick brown fox", "Hello", "Paris"], params, use_tqdm=False)[1]
     assert batched.outputs[0].token_ids == alone
 
-    n_out = llm.generate(["Hello"], SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=1), use_tqdm=False)[0]
+    n_out = llm.generate(
+        ["Hello"], SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=1), use_tqdm=False
+    )[0]
     assert [c.index for c in n_out.outputs] == [0, 1, 2]
     assert all(len(c.token_ids) > 0 for c in n_out.outputs)
 
     full = llm.generate(["Hello"], GREEDY, use_tqdm=False)[0].outputs[0].text
     assert len(full) > 3
     stop = full[2:4]
-    cut = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=MAX_TOKENS, stop=[stop], ignore_eos=True), use_tqdm=False)[0]
+    cut = llm.generate(
+        ["Hello"],
+        SamplingParams(temperature=0, max_tokens=MAX_TOKENS, stop=[stop], ignore_eos=True),
+        use_tqdm=False,
+    )[0]
     assert cut.outputs[0].text == full[: full.index(stop)]
     assert cut.outputs[0].finish_reason == "stop" and cut.outputs[0].stop_reason == stop
 
@@ -157,4 +167,6 @@ def test_chat(tiny_qwen3: Path) -> None:
     )
     assert len(outs) == 2 and all(len(o.outputs[0].token_ids) == 4 for o in outs)
     tok = llm.get_tokenizer()
-    assert outs[0].prompt_token_ids == tok.encode("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n")
+    assert outs[0].prompt_token_ids == tok.encode(
+        "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+    )

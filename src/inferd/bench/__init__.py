@@ -1,0 +1,1 @@
+"""`inferd bench`: offline throughput, latency, and online serving benchmarks."""
