@@ -16,7 +16,13 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "Qwen/Qwen3-0.6B"
 _DTYPES = ("auto", "bfloat16", "float16", "float32", "half", "float", "bf16", "fp16", "fp32")
-_DTYPE_ALIASES = {"half": "float16", "fp16": "float16", "float": "float32", "fp32": "float32", "bf16": "bfloat16"}
+_DTYPE_ALIASES = {
+    "half": "float16",
+    "fp16": "float16",
+    "float": "float32",
+    "fp32": "float32",
+    "bf16": "bfloat16",
+}
 LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
 _CPU_KV_CACHE_DEFAULT_BYTES = 4 << 30
 
@@ -128,13 +134,17 @@ class EngineArgs:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {self.dtype!r}.")
         if self.load_format not in LOAD_FORMATS:
-            raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {self.load_format!r}.")
+            raise ValueError(
+                f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {self.load_format!r}."
+            )
         if self.block_size < 1 or self.block_size & (self.block_size - 1) or self.block_size > 256:
             raise ValueError(f"block_size must be a power of two from 1 to 256; got {self.block_size}.")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1]; got {self.gpu_memory_utilization}.")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 2:
-            raise ValueError(f"num_gpu_blocks_override must be at least 2; got {self.num_gpu_blocks_override}.")
+            raise ValueError(
+                f"num_gpu_blocks_override must be at least 2; got {self.num_gpu_blocks_override}."
+            )
         if self.kv_cache_memory_bytes is not None and self.kv_cache_memory_bytes <= 0:
             raise ValueError(f"kv_cache_memory_bytes must be positive; got {self.kv_cache_memory_bytes}.")
         if self.max_num_seqs < 1:
@@ -159,7 +169,9 @@ class EngineArgs:
                 import torch
 
                 if not torch.cuda.is_available():
-                    raise ValueError("device='cuda' was asked for but no CUDA GPU is visible; use device='cpu'.")
+                    raise ValueError(
+                        "device='cuda' was asked for but no CUDA GPU is visible; use device='cpu'."
+                    )
             return self.device
         import torch
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -13,7 +13,7 @@ from inferd.engine.llm_engine import LLMEngine
 from inferd.outputs import RequestOutput
 from inferd.sampling_params import RequestOutputKind, SamplingParams
 
-PromptType = Union[str, dict[str, Any]]  # "text" | {"prompt": "text"} | {"prompt_token_ids": [...]}
+PromptType = str | dict[str, Any]  # "text" | {"prompt": "text"} | {"prompt_token_ids": [...]}
 Conversation = list[dict[str, Any]]
 
 

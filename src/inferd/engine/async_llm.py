@@ -148,7 +148,9 @@ class AsyncLLM:
 
     def _on_dead(self, reason: str) -> None:
         self._dead_reason = reason
-        error = EngineDeadError(f"The engine died: {reason.strip().splitlines()[-1] if reason else 'unknown'}")
+        error = EngineDeadError(
+            f"The engine died: {reason.strip().splitlines()[-1] if reason else 'unknown'}"
+        )
         for queue in self._queues.values():
             queue.put_nowait(error)
 

@@ -58,7 +58,12 @@ def run_engine_core(config: EngineConfig, in_conn: Connection, out_conn: Connect
                     except ValueError as e:
                         logger.warning("Request %s refused: %s", payload.req_id, e)
                         out_conn.send(
-                            ("outputs", EngineCoreOutputs([EngineCoreOutput(payload.req_id, [], finish_reason="abort")]))
+                            (
+                                "outputs",
+                                EngineCoreOutputs(
+                                    [EngineCoreOutput(payload.req_id, [], finish_reason="abort")]
+                                ),
+                            )
                         )
                 elif kind == "abort":
                     core.abort_requests(payload)
@@ -113,7 +118,9 @@ class EngineCoreClient:
         self._sender.start()
         return payload
 
-    def start_output_thread(self, on_outputs: Callable[[EngineCoreOutputs], None], on_dead: Callable[[str], None]) -> None:
+    def start_output_thread(
+        self, on_outputs: Callable[[EngineCoreOutputs], None], on_dead: Callable[[str], None]
+    ) -> None:
         def loop() -> None:
             while True:
                 try:

@@ -20,7 +20,9 @@ class InputProcessor:
         self.model_config = model_config
         source = model_config.source
         self.tokenizer = load_tokenizer(source)
-        self.generation_defaults: dict[str, Any] = load_generation_defaults(source, model_config.generation_config)
+        self.generation_defaults: dict[str, Any] = load_generation_defaults(
+            source, model_config.generation_config
+        )
         self.eos_token_id, extra_eos = eos_token_ids(source, self.tokenizer)
         self.extra_eos_token_ids = [t for t in extra_eos if t != self.eos_token_id]
         self.vocab_size: int = model_config.hf_config.vocab_size
@@ -46,18 +48,26 @@ class InputProcessor:
                 f"The prompt has {len(prompt_token_ids)} tokens, but max_model_len is {max_len}: it must leave room "
                 "for at least one generated token. Shorten the prompt or raise --max-model-len."
             )
-        bad = next((t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size), None)
+        bad = next(
+            (t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < self.vocab_size), None
+        )
         if bad is not None:
-            raise ValueError(f"Token id {bad} in the prompt is outside the vocabulary [0, {self.vocab_size}).")
+            raise ValueError(
+                f"Token id {bad} in the prompt is outside the vocabulary [0, {self.vocab_size})."
+            )
         max_logprobs = self.model_config.max_logprobs
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(params, name)
             if value is not None and value > max_logprobs:
-                raise ValueError(f"{name}={value} is more than the server allows (--max-logprobs {max_logprobs}).")
+                raise ValueError(
+                    f"{name}={value} is more than the server allows (--max-logprobs {max_logprobs})."
+                )
         if params.logit_bias:
             bad = next((t for t in params.logit_bias if t >= self.vocab_size), None)
             if bad is not None:
-                raise ValueError(f"logit_bias token id {bad} is outside the vocabulary [0, {self.vocab_size}).")
+                raise ValueError(
+                    f"logit_bias token id {bad} is outside the vocabulary [0, {self.vocab_size})."
+                )
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer; this model has none. Use stop_token_ids.")
         if params.detokenize and self.tokenizer is None:

@@ -76,9 +76,13 @@ class Request:
         self.num_cached_tokens = -1  # prefix-cache hit tokens at first scheduling; -1 until then
         self.num_preemptions = 0
         self.stop_reason: int | str | None = None
-        self.block_hashes: list[int] = []  # chained hashes of this request's full blocks, kept by the KV manager
+        self.block_hashes: list[
+            int
+        ] = []  # chained hashes of this request's full blocks, kept by the KV manager
         budget = max_model_len - len(prompt_token_ids)
-        self.max_tokens = budget if sampling_params.max_tokens is None else min(sampling_params.max_tokens, budget)
+        self.max_tokens = (
+            budget if sampling_params.max_tokens is None else min(sampling_params.max_tokens, budget)
+        )
 
     @property
     def num_tokens(self) -> int:

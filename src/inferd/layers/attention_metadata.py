@@ -14,7 +14,9 @@ class AttentionMetadata:
     and attends causally to every cached token of its sequence up to and including itself.
     """
 
-    slot_mapping: torch.Tensor  # [num_tokens] int64: KV-cache slot (block_id * block_size + offset) of each new token
+    slot_mapping: (
+        torch.Tensor
+    )  # [num_tokens] int64: KV-cache slot (block_id * block_size + offset) of each new token
     query_start_loc: torch.Tensor  # [num_seqs + 1] int32: cumulative query lengths, starts at 0
     seq_lens: torch.Tensor  # [num_seqs] int32: context length of each sequence including its new tokens
     block_tables: torch.Tensor  # [num_seqs, max_num_blocks] int32: the KV blocks of each sequence, padded

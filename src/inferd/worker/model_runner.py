@@ -69,7 +69,9 @@ class ModelRunner:
         hf_config = self.model_config.hf_config
         self.vocab_size: int = hf_config.vocab_size
         self.num_layers: int = hf_config.num_hidden_layers
-        self.num_kv_heads: int = getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
+        self.num_kv_heads: int = (
+            getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
+        )
         self.head_dim: int = getattr(hf_config, "head_dim", None) or (
             hf_config.hidden_size // hf_config.num_attention_heads
         )
@@ -305,7 +307,11 @@ class ModelRunner:
                 prompt_rows[req_id] = ([], [], 0)  # one-token prompt: only the leading None
             offset += n
             query_start_loc[i + 1] = offset
-        seq_index = np.repeat(np.arange(num_seqs), np.diff(query_start_loc)) if max_query_len > 1 else np.arange(num_seqs)
+        seq_index = (
+            np.repeat(np.arange(num_seqs), np.diff(query_start_loc))
+            if max_query_len > 1
+            else np.arange(num_seqs)
+        )
         slots = block_tables[seq_index, positions // bs].astype(np.int64) * bs + positions % bs
         return _StepInputs(
             input_ids=input_ids,
