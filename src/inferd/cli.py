@@ -253,8 +253,21 @@ class Subcommand:
     run: Callable[[argparse.Namespace], int]
 
 
+def _add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from inferd.bench.cli import add_bench_arguments
+
+    add_bench_arguments(parser)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from inferd.bench.cli import run_bench
+
+    return run_bench(args)
+
+
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("serve", "Serve a model over an OpenAI-compatible HTTP API.", add_serve_arguments, run_serve),
+    Subcommand("bench", "Benchmark throughput, latency, or a running server.", _add_bench_arguments, _run_bench),
 ]
 
 

@@ -1,24 +1,60 @@
-"""The kernels every layer calls. The backend is chosen here, once; call sites never branch on it.
+"""The kernels every layer calls. The backend is chosen here, once per process, by the model runner
+(:func:`select_backend`); call sites never branch on it.
 
-Each function has the contract written in ``kernels/reference.py``.
+Each function has the contract written in ``kernels/reference.py``; ``triton_attention.py`` / ``triton_ops.py``
+implement the same signatures for CUDA GPUs.
 """
 
 from __future__ import annotations
 
-from inferd.kernels import reference as _backend
+import os
+from types import ModuleType
 
-store_kv_cache = _backend.store_kv_cache
-paged_attention = _backend.paged_attention
-rms_norm = _backend.rms_norm
-fused_add_rms_norm = _backend.fused_add_rms_norm
-silu_and_mul = _backend.silu_and_mul
-rotary_embedding = _backend.rotary_embedding
+from inferd.kernels import reference
+
+_NAMES = ("store_kv_cache", "paged_attention", "rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding")
+
+store_kv_cache = reference.store_kv_cache
+paged_attention = reference.paged_attention
+rms_norm = reference.rms_norm
+fused_add_rms_norm = reference.fused_add_rms_norm
+silu_and_mul = reference.silu_and_mul
+rotary_embedding = reference.rotary_embedding
+backend = "torch"
+
+
+def select_backend(device_type: str) -> str:
+    """Use the Triton kernels on CUDA and the pure-torch ones elsewhere.
+
+    ``INFERD_KERNEL_BACKEND=torch`` forces the pure-torch kernels (e.g. to compare against them on a GPU).
+    """
+    global backend
+    wanted = os.environ.get("INFERD_KERNEL_BACKEND", "auto").lower()
+    if wanted not in ("auto", "torch", "triton"):
+        raise ValueError(f"INFERD_KERNEL_BACKEND must be auto, torch or triton; got {wanted!r}.")
+    if wanted == "triton" or (wanted == "auto" and device_type == "cuda"):
+        from inferd.kernels import triton_attention, triton_ops
+
+        _install(triton_attention, ("store_kv_cache", "paged_attention"))
+        _install(triton_ops, ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding"))
+        backend = "triton"
+    else:
+        _install(reference, _NAMES)
+        backend = "torch"
+    return backend
+
+
+def _install(module: ModuleType, names: tuple[str, ...]) -> None:
+    for name in names:
+        globals()[name] = getattr(module, name)
+
 
 __all__ = [
     "fused_add_rms_norm",
     "paged_attention",
     "rms_norm",
     "rotary_embedding",
+    "select_backend",
     "silu_and_mul",
     "store_kv_cache",
 ]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from inferd import kernels
 from inferd.config import EngineConfig
 from inferd.engine.core_types import TokenLogprobs
 from inferd.engine.scheduler_output import SchedulerOutput
@@ -75,6 +76,7 @@ class ModelRunner:
         self.head_dim: int = getattr(hf_config, "head_dim", None) or (
             hf_config.hidden_size // hf_config.num_attention_heads
         )
+        self.kernel_backend = kernels.select_backend(self.device.type)
         self.model = self._load_model()
         self.sampler = Sampler()
         self.sampling_batch = SamplingBatch(self.vocab_size, self.device)
@@ -101,10 +103,11 @@ class ModelRunner:
             model.load_weights(iter_weights(self.model_config.source))
         model.eval()
         logger.info(
-            "Loaded %s (%s, %s) in %.1f s",
+            "Loaded %s (%s, %s, %s kernels) in %.1f s",
             self.model_config.model,
             cls.__name__,
             self.model_config.dtype,
+            self.kernel_backend,
             time.perf_counter() - start,
         )
         return model

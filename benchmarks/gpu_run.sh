@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Everything inferd does on a GPU box in one go: GPU tests, benchmarks, and the HF transformers peer.
+# Results land in $OUT (default ./gpu-results). Run from the repository root:
+#   ../shared/device/stage-wheels.sh   # (here) stage the server wheels the GPU image lacks into .whl/
+#   bash benchmarks/gpu_run.sh [tests|bench|peer|all]
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-results}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD/src
+else
+  export PYTHONPATH=$PWD/src
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+MODE=${1:-all}
+CFG=benchmarks/model-configs/qwen3-0.6b
+COMMON=(--load-format dummy --dtype bfloat16 --max-model-len 4096)
+{
+  date -u +%Y-%m-%dT%H:%MZ
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+} | tee "$OUT/env.txt"
+
+if [[ $MODE == tests || $MODE == all ]]; then
+  timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu tests/kernels tests/unit/test_models.py \
+    tests/unit/test_sampler.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+fi
+if [[ $MODE == bench || $MODE == all ]]; then
+  timeout 240 python3 -m inferd bench latency $CFG "${COMMON[@]}" --batch-size 1 32 \
+    --output-json "$OUT/latency.json" 2>&1 | tee "$OUT/latency.log" | grep -E "latency:|CUDA graphs|KV cache|Error|error" 
+  timeout 300 python3 -m inferd bench throughput $CFG "${COMMON[@]}" \
+    --output-json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log" | grep -E "throughput:|Error|error"
+  # Cold start of `inferd serve` to a ready /health (dummy weights, graphs captured).
+  port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  start=$(date +%s.%N)
+  python3 -m inferd serve $CFG "${COMMON[@]}" --port "$port" --host 127.0.0.1 >"$OUT/serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  echo "cold start to ready: $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee "$OUT/coldstart.txt"
+  timeout 120 python3 -m inferd bench serve --base-url "http://127.0.0.1:$port" --num-prompts 64 --max-concurrency 32 \
+    --input-len 256 --output-len 128 --output-json "$OUT/serve_bench.json" 2>&1 | tail -1
+  kill -TERM $pid; wait $pid
+fi
+if [[ $MODE == peer || $MODE == all ]]; then
+  timeout 200 python3 benchmarks/hf_peer.py latency $CFG 2>&1 | tail -1 | tee "$OUT/hf_latency.json"
+  timeout 300 python3 benchmarks/hf_peer.py throughput $CFG --num-prompts 64 2>&1 | tail -1 | tee "$OUT/hf_throughput.json"
+fi
