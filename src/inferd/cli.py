@@ -20,6 +20,7 @@ from typing import Any
 
 from inferd import __version__
 from inferd.config import DEFAULT_MODEL, LOAD_FORMATS, EngineArgs, parse_human_int
+from inferd.server.server_args import REASONING_PARSERS, TOOL_CALL_PARSERS
 
 ENV_PREFIX = "INFERD_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -59,6 +60,21 @@ def _origins(value: str | list[str]) -> list[str]:
             raise argparse.ArgumentTypeError("expected a JSON list of origins")
         return [str(v) for v in parsed]
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _one_or_list(values: str | list[str] | None) -> str | list[str] | None:
+    """API keys as given: one key stays a string, several a list."""
+    if isinstance(values, list) and len(values) == 1:
+        return values[0]
+    return values
+
+
+class _ApiKeysAction(argparse.Action):
+    """``--api-key KEY [KEY ...]``: a string for one key, a list for several."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        setattr(namespace, self.dest, _one_or_list(list(values)))
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +153,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("scheduler")
     g.add_argument("--max-num-seqs", type=int, default=256, help="Most requests in one batch.")
     g.add_argument(
+        "--num-scheduler-steps",
+        type=int,
+        default=None,
+        help="Decode steps run back to back on the device per schedule when nothing is waiting and no request "
+        "needs the host between tokens (penalties, logprobs, grammars); 1 turns it off (default: 8 on GPU, 1 on CPU).",
+    )
+    g.add_argument(
         "--max-num-batched-tokens",
         type=_human_int,
         default=None,
@@ -170,8 +193,31 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--port", type=int, default=8000, help="TCP port.")
     g.add_argument(
         "--api-key",
+        nargs="+",
+        action=_ApiKeysAction,
         default=None,
-        help="Require 'Authorization: Bearer KEY' (also from INFERD_API_KEY or VLLM_API_KEY).",
+        metavar="KEY",
+        help="Require 'Authorization: Bearer KEY'; several keys may be given, any is accepted (also from "
+        "INFERD_API_KEY or VLLM_API_KEY, comma-separated). Put MODEL before this flag.",
+    )
+    g.add_argument(
+        "--metrics-require-auth",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="With --api-key, /metrics needs a key too (/health and /version stay public).",
+    )
+    g.add_argument(
+        "--max-request-body-bytes",
+        type=_human_int,
+        default=8 << 20,
+        help="Larger request bodies get 413 (accepts 8m, 1g); 0 = no limit.",
+    )
+    g.add_argument("--max-n", type=int, default=128, help="Most completions (n) one request may ask for.")
+    g.add_argument(
+        "--max-waiting-requests",
+        type=int,
+        default=1024,
+        help="Sequences that may wait for the engine; beyond, new requests get 503 with Retry-After. 0 = no limit.",
     )
     g.add_argument("--chat-template", default=None, help="Chat template file or inline Jinja template.")
     g.add_argument(
@@ -201,6 +247,25 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="Seconds in-flight requests may take to finish after SIGTERM.",
     )
+    g = parser.add_argument_group("tool calling and reasoning")
+    g.add_argument(
+        "--enable-auto-tool-choice",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Let the model decide when to call tools (tool_choice 'auto'); needs --tool-call-parser.",
+    )
+    g.add_argument(
+        "--tool-call-parser",
+        default=None,
+        choices=TOOL_CALL_PARSERS,
+        help="How tool calls are read from the output: hermes (Qwen2.5/Qwen3 <tool_call>), llama3_json.",
+    )
+    g.add_argument(
+        "--reasoning-parser",
+        default=None,
+        choices=REASONING_PARSERS,
+        help="Move the model's <think>...</think> into the message's reasoning_content.",
+    )
 
 
 def _exit_0(signum: int, frame: Any) -> None:
@@ -220,12 +285,19 @@ def run_serve(args: argparse.Namespace) -> int:
         server_args = ServerArgs(
             host=args.host,
             port=args.port,
-            api_key=args.api_key or None,
+            api_key=_one_or_list(args.api_key) or None,
+            metrics_require_auth=args.metrics_require_auth,
+            max_request_body_bytes=args.max_request_body_bytes,
+            max_n=args.max_n,
+            max_waiting_requests=args.max_waiting_requests,
             chat_template=load_chat_template(args.chat_template),
             allowed_origins=tuple(args.allowed_origins or ()),
             uvicorn_log_level=args.uvicorn_log_level,
             enable_log_requests=args.enable_log_requests and not args.disable_log_requests,
             shutdown_timeout=args.shutdown_timeout,
+            enable_auto_tool_choice=args.enable_auto_tool_choice,
+            tool_call_parser=args.tool_call_parser,
+            reasoning_parser=args.reasoning_parser,
         )
     except ValueError as e:
         parser.error(str(e))
@@ -342,6 +414,8 @@ def _layered_defaults(
             raw, name = environ.get("VLLM_API_KEY"), "VLLM_API_KEY"
         if raw is not None and dest != "config":
             defaults[dest] = _coerce(parser, action, raw, f"environment variable {name}")
+    if "api_key" in defaults:
+        defaults["api_key"] = _one_or_list(defaults["api_key"])
     return defaults
 
 

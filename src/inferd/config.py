@@ -65,6 +65,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 8192
     max_model_len: int = 4096
     enable_chunked_prefill: bool = True
+    num_scheduler_steps: int = 1  # decode steps run back to back on the device per schedule
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class EngineArgs:
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None
     enable_chunked_prefill: bool = True
+    num_scheduler_steps: int | None = None  # None: 8 on CUDA, 1 on CPU
     enforce_eager: bool = False
     trust_remote_code: bool = False
     tensor_parallel_size: int = 1
@@ -153,6 +155,8 @@ class EngineArgs:
             raise ValueError(f"max_num_batched_tokens must be at least 1; got {self.max_num_batched_tokens}.")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be at least 1; got {self.max_model_len}.")
+        if self.num_scheduler_steps is not None and not 1 <= self.num_scheduler_steps <= 64:
+            raise ValueError(f"num_scheduler_steps must be from 1 to 64; got {self.num_scheduler_steps}.")
         if self.max_logprobs < 0:
             raise ValueError(f"max_logprobs must be non-negative; got {self.max_logprobs}.")
         if self.tensor_parallel_size != 1:
@@ -247,6 +251,7 @@ class EngineArgs:
                 max_num_batched_tokens=max_num_batched_tokens,
                 max_model_len=max_model_len,
                 enable_chunked_prefill=self.enable_chunked_prefill,
+                num_scheduler_steps=self.num_scheduler_steps or (8 if device == "cuda" else 1),
             ),
             parallel_config=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
             device_config=DeviceConfig(device=device),

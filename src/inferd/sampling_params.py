@@ -11,6 +11,31 @@ from typing import Any
 _SAMPLING_EPS = 1e-5
 
 
+@dataclass
+class StructuredOutputsParams:
+    """Constrain a completion to a JSON schema, a regex, one of a few strings, a grammar or any JSON object
+    (vLLM's names). Exactly one of ``json``, ``regex``, ``choice``, ``grammar``, ``json_object`` is set.
+
+    Raises ``ValueError`` starting with ``structured_outputs`` when the constraint is missing, ambiguous or does not
+    compile (the schema / regex / grammar is checked with xgrammar here, without a tokenizer).
+    """
+
+    json: str | dict[str, Any] | None = None  # a JSON schema (object or its JSON text)
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None  # EBNF (GBNF-style, rule ``root``) or Lark (rule ``start``)
+    json_object: bool | None = None  # any JSON object
+    disable_any_whitespace: bool = False  # JSON: compact separators only, no free whitespace
+    # inferd: (start, end) token ids of the model's reasoning; the grammar is enforced only once the reasoning
+    # has ended (set by a server started with --reasoning-parser).
+    reasoning_token_ids: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        from inferd.structured_output.grammar import validate_structured_outputs
+
+        validate_structured_outputs(self)
+
+
 class RequestOutputKind(enum.IntEnum):
     """What a request's outputs carry each time they are reported."""
 
@@ -50,6 +75,7 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     logit_bias: dict[int, float] | None = None
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: StructuredOutputsParams | None = None
     # Fields the user set explicitly; the others may take generation_config defaults.
     _user_set: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
@@ -138,6 +164,18 @@ class SamplingParams:
                     raise bad("logit_bias", f"values must be in [-100, 100], got {bias} for token {tok}.")
         if self.stop and not self.detokenize:
             raise bad("stop", "strings need detokenize=True.")
+        if self.structured_outputs is not None:
+            if not isinstance(self.structured_outputs, StructuredOutputsParams):
+                raise bad("structured_outputs", "must be a StructuredOutputsParams.")
+            # The grammar ends the output with an EOS / stop token; these would keep it going past the grammar.
+            if self.ignore_eos:
+                raise bad(
+                    "ignore_eos", "cannot be combined with structured outputs; the grammar decides the end."
+                )
+            if self.min_tokens:
+                raise bad(
+                    "min_tokens", "cannot be combined with structured outputs; the grammar decides the end."
+                )
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -200,5 +238,6 @@ _DEFAULTS: dict[str, Any] = {
     "include_stop_str_in_output": False,
     "logit_bias": None,
     "output_kind": RequestOutputKind.CUMULATIVE,
+    "structured_outputs": None,
 }
 _FIELD_NAMES = frozenset(_DEFAULTS)

@@ -77,12 +77,10 @@ def test_completion_prompt_forms(prompt, expected) -> None:
 def test_supported_and_refused_fields() -> None:
     chat(tools=[{"type": "function"}], tool_choice="none").check_supported()
     chat(response_format={"type": "text"}, tool_choice="auto").check_supported()
-    for kw, name in [
-        ({"tools": [{"type": "function"}]}, "tools"),
-        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
-        ({"structured_outputs": {"json": {}}}, "structured_outputs"),
-        ({"guided_regex": "a+"}, "guided_regex"),
+    for kw, name in [  # tools and structured outputs: tests/unit/test_structured_output.py
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"guided_whitespace_pattern": r"\s*"}, "guided_whitespace_pattern"),
+        ({"guided_decoding_backend": "outlines"}, "guided_decoding_backend"),
         ({"add_generation_prompt": True, "continue_final_message": True}, "continue_final_message"),
     ]:
         with pytest.raises(APIError) as exc:

@@ -458,7 +458,7 @@ def _chat(**kw: Any) -> dict[str, Any]:
         (_chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
         (_chat(tool_choice="required"), "tool_choice"),
         (_chat(response_format={"type": "json_schema", "json_schema": {}}), "response_format"),
-        (_chat(guided_json={"type": "object"}), "guided_json"),
+        (_chat(guided_json={"type": "no-such-type"}), "guided_json"),
         (_chat(functions=[{"name": "f"}]), "functions"),
         (_chat(logit_bias={"abc": 1}), "logit_bias"),
         (_chat(logit_bias={"100000": 1}), "logit_bias"),

@@ -1,4 +1,4 @@
-"""`inferd bench throughput | latency | serve`."""
+"""`inferd bench throughput | latency | serve | load`."""
 
 from __future__ import annotations
 
@@ -10,18 +10,20 @@ _BENCHMARKS = {
     "throughput": "Offline generation throughput (default workload: nano-vllm's 256 random requests).",
     "latency": "Milliseconds per output token at batch 1 and batch N (prefill excluded).",
     "serve": "Online benchmark against a running OpenAI-compatible server (ours, vLLM, llama.cpp).",
+    "load": "Soak a running server with concurrent clients and disconnects; check nothing is lost or leaked.",
 }
+_ONLINE = ("serve", "load")  # against a running server: no engine arguments
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    from inferd.bench import latency, serve, throughput
+    from inferd.bench import latency, load, serve, throughput
     from inferd.cli import add_engine_arguments
 
-    modules = {"throughput": throughput, "latency": latency, "serve": serve}
+    modules = {"throughput": throughput, "latency": latency, "serve": serve, "load": load}
     sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     for name, text in _BENCHMARKS.items():
         p = sub.add_parser(name, help=text, description=text, formatter_class=parser.formatter_class)
-        if name != "serve":
+        if name not in _ONLINE:
             add_engine_arguments(p)
         modules[name].add_arguments(p)
         p.set_defaults(_bench_parser=p)
@@ -35,6 +37,10 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.bench_command == "serve":
         result = serve.run(args)
         return 0 if result["completed"] else 1
+    if args.bench_command == "load":
+        from inferd.bench import load
+
+        return 0 if load.run(args)["passed"] else 1
     engine_args = engine_args_from_namespace(args, args._bench_parser)
     kwargs = dataclasses.asdict(engine_args)
     module = throughput if args.bench_command == "throughput" else latency

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from inferd.config import EngineConfig
+from inferd.config import EngineArgs, EngineConfig
 from inferd.engine.core_types import EngineCoreOutput, EngineCoreOutputs, EngineCoreRequest
 
 logger = logging.getLogger(__name__)
@@ -28,13 +28,17 @@ class EngineDeadError(RuntimeError):
     """The engine-core process exited or failed; the server cannot serve requests any more."""
 
 
-def run_engine_core(config: EngineConfig, in_conn: Connection, out_conn: Connection, log_level: int) -> None:
-    """Entry point of the engine-core process."""
+def run_engine_core(
+    config: EngineConfig | EngineArgs, in_conn: Connection, out_conn: Connection, log_level: int
+) -> None:
+    """Entry point of the engine-core process; resolves EngineArgs itself when given them."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [core] %(name)s: %(message)s")
     parent = os.getppid()
     try:
         from inferd.engine.engine_core import EngineCore
 
+        if isinstance(config, EngineArgs):
+            config = config.create_engine_config()
         core = EngineCore(config)
     except Exception as e:  # report load failures (bad weights, too little memory) to the frontend
         out_conn.send(("error", f"{type(e).__name__}: {e}"))
@@ -83,7 +87,7 @@ def run_engine_core(config: EngineConfig, in_conn: Connection, out_conn: Connect
 class EngineCoreClient:
     """Starts the engine-core process and exchanges messages with it from any thread."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig | EngineArgs) -> None:
         ctx = multiprocessing.get_context("spawn")
         core_in_recv, self._in_send = ctx.Pipe(duplex=False)
         self._out_recv, core_out_send = ctx.Pipe(duplex=False)

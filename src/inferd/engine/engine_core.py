@@ -27,6 +27,7 @@ class EngineCore:
         self.runner.capture_cuda_graphs()
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks)
         self.num_blocks = num_blocks
+        self.num_scheduler_steps = config.scheduler_config.num_scheduler_steps
 
     def _check_capacity(self, num_blocks: int) -> None:
         bs = self.config.cache_config.block_size
@@ -68,7 +69,14 @@ class EngineCore:
 
     def step(self) -> EngineCoreOutputs:
         scheduler_output = self.scheduler.schedule()
-        runner_output = self.runner.execute_model(scheduler_output)
+        num_steps = 1
+        if (
+            self.num_scheduler_steps > 1
+            and not scheduler_output.scheduled_new_reqs
+            and self.runner.can_run_multistep(scheduler_output.num_scheduled_tokens)
+        ):
+            num_steps = self.scheduler.add_decode_lookahead(scheduler_output, self.num_scheduler_steps)
+        runner_output = self.runner.execute_model(scheduler_output, num_steps)
         outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
         outputs.timestamp = time.time()
         return outputs

@@ -109,8 +109,10 @@ class KVCacheManager:
         num_new_tokens: int,
         new_computed_blocks: Sequence[int] = (),
         num_new_computed_tokens: int = 0,
+        num_lookahead_tokens: int = 0,
     ) -> list[int] | None:
-        """Make room for ``num_computed_tokens + num_new_computed_tokens + num_new_tokens`` tokens.
+        """Make room for ``num_computed_tokens + num_new_computed_tokens + num_new_tokens`` tokens, plus
+        ``num_lookahead_tokens`` slots for tokens not sampled yet (multi-step decoding).
 
         ``new_computed_blocks`` (prefix-cache hits from :meth:`get_computed_blocks`, covering
         ``num_new_computed_tokens`` tokens) are appended first, then fresh blocks. Returns the appended block ids,
@@ -126,7 +128,7 @@ class KVCacheManager:
         assert num_new_computed_tokens == len(new_computed_blocks) * self.block_size
         num_total = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
         assert num_total <= request.num_tokens, "cannot compute tokens that are not known yet"
-        num_required = -(-num_total // self.block_size)
+        num_required = -(-(num_total + num_lookahead_tokens) // self.block_size)
         num_fresh = max(0, num_required - num_held - len(new_computed_blocks))
         num_hits_from_free = sum(1 for b in new_computed_blocks if self._ref_cnt[b] == 0)
         if num_fresh + num_hits_from_free > len(self._free_queue):

@@ -245,6 +245,8 @@ class Scheduler:
                 new_token_ids.append(token_id)
                 if self._check_stop(request, token_id):
                     break
+            if len(sampled) > 1:  # multi-step decode: every sampled token but the last went through the model
+                request.num_computed_tokens = request.num_tokens - 1
             prompt_logprobs = runner_output.prompt_logprobs.get(req_id)
             finished = request.is_finished()
             if not new_token_ids and prompt_logprobs is None and not finished:
@@ -273,6 +275,40 @@ class Scheduler:
         if any_finished:
             self.running = [r for r in self.running if not r.is_finished()]
         return EngineCoreOutputs(outputs=outputs, scheduler_stats=self.make_stats(), timestamp=time.time())
+
+    def add_decode_lookahead(self, scheduler_output: SchedulerOutput, num_steps: int) -> int:
+        """Turn a decode-only step into up to ``num_steps`` decode steps run back to back on the device.
+
+        Reserves KV slots for the extra tokens (their ids are appended to each request's new_block_ids) and returns
+        how many steps to run: 1 (unchanged) when any request is new, prefilling, or has fewer tokens left, when
+        requests are waiting, or when blocks are short. ``update_from_output`` then takes several sampled tokens
+        per request; tokens past a stop are dropped there.
+        """
+        if num_steps <= 1 or self.waiting or scheduler_output.scheduled_new_reqs:
+            return 1
+        requests = [self.requests[c.req_id] for c in scheduler_output.scheduled_cached_reqs]
+        if not requests or any(scheduler_output.num_scheduled_tokens[r.req_id] != 1 for r in requests):
+            return 1
+        for r in requests:
+            if r.num_computed_tokens + 1 != r.num_tokens:
+                return 1
+            num_steps = min(
+                num_steps, r.max_tokens - r.num_output_tokens, self.max_model_len - r.num_tokens + 1
+            )
+        if num_steps <= 1:
+            return 1
+        kv = self.kv_cache_manager
+        needed = sum(
+            max(0, -(-(r.num_tokens + num_steps - 1) // self.block_size) - len(kv.get_block_ids(r.req_id)))
+            for r in requests
+        )
+        if needed > kv.num_free_blocks:
+            return 1
+        for r, cached in zip(requests, scheduler_output.scheduled_cached_reqs):
+            extra = kv.allocate_slots(r, 0, num_lookahead_tokens=num_steps)
+            assert extra is not None
+            cached.new_block_ids.extend(extra)
+        return num_steps
 
     # ------------------------------------------------------------------ internals
     def _preempt(self, request: Request) -> None:

@@ -112,7 +112,7 @@ def _find_seq_idx(query_start_loc_ptr, q_block_idx, num_seqs, BLOCK_Q: tl.conste
     return lo - 1
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs", "num_tokens", "num_q_blocks", "stride_bt"])
 def _paged_attention_kernel(
     out_ptr,  # [num_tokens, num_heads, head_dim] contiguous; written when NUM_SPLITS == 1
     part_acc_ptr,  # [num_tokens, num_heads, NUM_SPLITS, HEAD_DIM_P] f32; written when NUM_SPLITS > 1
@@ -236,7 +236,7 @@ def _paged_attention_kernel(
         tl.store(part_acc_ptr + part[:, None] * HEAD_DIM_P + d[None, :], acc, mask=row_valid[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_seqs"])
 def _merge_splits_kernel(
     out_ptr,  # [num_tokens, num_heads, head_dim] contiguous
     part_acc_ptr,  # [num_tokens, num_heads, NUM_SPLITS, HEAD_DIM_P] f32

@@ -14,7 +14,7 @@ import triton.language as tl
 _TILE_ELEMS = 4096  # elements per program for the row-wise kernels
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])
 def _rms_norm_kernel(
     x_ptr,
     res_ptr,

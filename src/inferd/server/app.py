@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse, Response
 
 import inferd
 from inferd.config import EngineArgs
-from inferd.server.auth import APIKeyMiddleware
+from inferd.server.auth import PUBLIC_PATHS, APIKeyMiddleware
 from inferd.server.errors import install_exception_handlers
+from inferd.server.limits import BodySizeLimitMiddleware
 from inferd.server.metrics import CONTENT_TYPE_LATEST
 from inferd.server.protocol import (
     ChatCompletionRequest,
@@ -61,8 +62,12 @@ def build_app(
     )
     app.state.inferd = state
     install_exception_handlers(app)
-    if server_args.api_key:
-        app.add_middleware(APIKeyMiddleware, api_key=server_args.api_key)
+    if server_args.max_request_body_bytes:
+        app.add_middleware(BodySizeLimitMiddleware, max_bytes=server_args.max_request_body_bytes)
+    # Auth wraps the body limit: a client without a key gets 401 before any of its body is read.
+    if server_args.api_keys:
+        public = PUBLIC_PATHS - {"/metrics"} if server_args.metrics_require_auth else PUBLIC_PATHS
+        app.add_middleware(APIKeyMiddleware, api_keys=server_args.api_keys, public_paths=public)
     if server_args.allowed_origins:  # added last: outermost, so preflight requests are answered before auth
         app.add_middleware(
             CORSMiddleware,

@@ -6,6 +6,7 @@ transformers does for every model.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -72,7 +73,8 @@ def _compile(template: str) -> None:
 
 
 def to_template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """OpenAI messages → the dicts templates expect; text parts are joined with newlines.
+    """OpenAI messages → the dicts templates expect; text parts are joined with newlines; assistant tool-call
+    ``arguments`` JSON strings become objects (templates such as Llama 3's and Qwen2.5's apply ``tojson``).
 
     Raises a 400 ``APIError`` naming the part for anything but text content.
     """
@@ -95,6 +97,13 @@ def to_template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
             d["content"] = ""
         if d["role"] == "developer":
             d["role"] = "system"  # OpenAI's newer name for system; model templates know only "system"
+        for call in d.get("tool_calls") or ():
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+                try:
+                    fn["arguments"] = json.loads(fn["arguments"])
+                except ValueError:
+                    pass  # not JSON: the template gets the text
         out.append(d)
     return out
 
@@ -107,8 +116,10 @@ def render_chat(
     add_generation_prompt: bool,
     continue_final_message: bool,
     template_kwargs: dict[str, Any] | None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The prompt text for ``messages``; raises a 400 ``APIError`` when the template refuses them."""
+    """The prompt text for ``messages`` (and ``tools``, as the template renders them); raises a 400 ``APIError``
+    when the template refuses them."""
     if tokenizer is None:
         raise bad_request(
             "This model has no tokenizer, so chat requests cannot be served; use token ids with "
@@ -135,6 +146,7 @@ def render_chat(
             add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message,
             tokenize=False,
+            tools=tools,
             **kwargs,
         )
     except jinja2.TemplateError as e:

@@ -7,7 +7,7 @@ Counters appear in the text format with prometheus_client's ``_total`` suffix, a
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE_LATEST
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 from inferd.engine.core_types import SchedulerStats
 from inferd.engine.stats import IterationStats
@@ -46,6 +46,8 @@ class PrometheusStatLogger:
         self, model_name: str, max_model_len: int = 1 << 20, registry: CollectorRegistry | None = None
     ):
         self.registry = registry if registry is not None else CollectorRegistry()
+        if registry is None:  # process_resident_memory_bytes etc. of the API server (Linux), as vLLM exports
+            ProcessCollector(registry=self.registry)
         labels = ["model_name"]
         reg = self.registry
 

@@ -1,28 +1,77 @@
 """OpenAI request bodies (pydantic) and their translation into ``SamplingParams``.
 
 Unknown fields are ignored, as OpenAI-compatible servers commonly do; fields inferd knows but does not implement
-(tools, structured outputs, ...) are refused with 400 naming the parameter by ``check_supported``.
+(functions, audio, ...) are refused with 400 naming the parameter by ``check_supported``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
-from inferd.sampling_params import RequestOutputKind, SamplingParams
-from inferd.server.errors import APIError, bad_request, from_value_error, unsupported
+from inferd.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+from inferd.server.errors import INVALID_TEXT_ERROR, APIError, bad_request, from_value_error, unsupported
 
-# Structured-output fields of vLLM and OpenAI; refused until constrained decoding lands.
-_STRUCTURED_FIELDS = (
-    "guided_json",
-    "guided_regex",
-    "guided_choice",
-    "guided_grammar",
-    "guided_decoding_backend",
-    "guided_whitespace_pattern",
-    "structured_outputs",
-)
+# vLLM's older structured-output fields → StructuredOutputsParams fields.
+_GUIDED_FIELDS = {
+    "guided_json": "json",
+    "guided_regex": "regex",
+    "guided_choice": "choice",
+    "guided_grammar": "grammar",
+}
+_STRUCTURED_OPTIONS = frozenset({"disable_any_whitespace"})
+_STRUCTURED_KEYS = frozenset({"json", "regex", "choice", "grammar", "json_object"}) | _STRUCTURED_OPTIONS
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_INT64 = 1 << 63
+
+
+def _find_invalid_text(data: Any) -> str | None:
+    """The path (``messages[0].content``) of the first string or key in ``data`` holding a lone UTF-16 surrogate
+    (JSON allows ``"\\ud800"``; tokenizers and UTF-8 cannot take it); "" for the body itself, None when clean."""
+    try:  # fast path, in C: almost every body is clean
+        if not _SURROGATE.search(json.dumps(data, ensure_ascii=False, default=repr)):
+            return None
+    except (ValueError, RecursionError):
+        pass
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    return path
+                stack.append((f"{path}.{key}" if path else str(key), item))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value) if not isinstance(item, int))
+    return None
+
+
+class _Request(BaseModel):
+    """Base of the request bodies: unknown fields are ignored; text must be valid Unicode (400 naming the field)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_invalid_text(cls, data: Any) -> Any:
+        path = _find_invalid_text(data)
+        if path is not None:
+            where = (path or "the request body")[:200].replace("{", "(").replace("}", ")")
+            raise PydanticCustomError(
+                INVALID_TEXT_ERROR,
+                f"{where} contains an unpaired UTF-16 surrogate (such as \\ud800); send valid Unicode text.",
+                {"param": path or None},
+            )
+        return data
 
 
 class StreamOptions(BaseModel):
@@ -30,10 +79,8 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False  # vLLM: usage in every chunk
 
 
-class _SamplingRequest(BaseModel):
+class _SamplingRequest(_Request):
     """Fields shared by /v1/completions and /v1/chat/completions (OpenAI's, then vLLM's extras)."""
-
-    model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
     n: int = 1
@@ -41,7 +88,7 @@ class _SamplingRequest(BaseModel):
     top_p: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-_INT64, lt=_INT64)  # torch generators take 64-bit seeds
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -57,28 +104,97 @@ class _SamplingRequest(BaseModel):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
-    # Known but unsupported: declared so they can be refused by name instead of ignored.
+    # Structured outputs: OpenAI's response_format, vLLM's structured_outputs and its older guided_* names.
     response_format: dict[str, Any] | None = Field(
-        default=None, description="Only {'type': 'text'} is supported."
+        default=None,
+        description="{'type': 'text' | 'json_object' | 'json_schema', 'json_schema': {'schema': ...}}",
     )
-    guided_json: Any = Field(default=None, exclude=True)
-    guided_regex: Any = Field(default=None, exclude=True)
-    guided_choice: Any = Field(default=None, exclude=True)
-    guided_grammar: Any = Field(default=None, exclude=True)
-    guided_decoding_backend: Any = Field(default=None, exclude=True)
+    structured_outputs: dict[str, Any] | None = Field(
+        default=None,
+        description="vLLM's: one of json, regex, choice, grammar, json_object, and/or disable_any_whitespace",
+    )
+    guided_json: str | dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None
     guided_whitespace_pattern: Any = Field(default=None, exclude=True)
-    structured_outputs: Any = Field(default=None, exclude=True)
 
     def check_supported(self) -> None:
         """Raise a 400 ``APIError`` for a parameter inferd cannot honour yet."""
-        for name in _STRUCTURED_FIELDS:
-            if getattr(self, name) is not None:
-                raise unsupported(name, "structured outputs are not implemented")
-        fmt = self.response_format
-        if fmt is not None and fmt.get("type", "text") != "text":
-            raise unsupported("response_format", "only {'type': 'text'} is accepted")
+        if self.guided_whitespace_pattern is not None:
+            raise unsupported("guided_whitespace_pattern", "xgrammar allows any JSON whitespace (or none)")
+        if self.guided_decoding_backend not in (None, "auto", "xgrammar"):
+            raise unsupported("guided_decoding_backend", "the only backend is 'xgrammar'")
         if self.stream_options is not None and not self.stream:
             raise bad_request("stream_options is only allowed when stream is true.", param="stream_options")
+
+    def structured_outputs_params(
+        self, tool_schema: dict[str, Any] | None = None
+    ) -> StructuredOutputsParams | None:
+        """The request's output constraint, from whichever field carries it (``tool_schema``: the JSON schema a
+        forced tool call needs); ``structured_outputs`` holding only options applies them to it. 400 naming the
+        field when several constrain the output, or the constraint does not compile (this runs xgrammar: call it
+        off the event loop)."""
+        # (param, name of the constraint in messages, StructuredOutputsParams kwargs)
+        found: list[tuple[str, str, dict[str, Any]]] = []
+        if tool_schema is not None:
+            found.append(("tools", "a function's parameters", {"json": tool_schema}))
+        fmt = self.response_format
+        kind = fmt.get("type", "text") if fmt is not None else "text"
+        if kind == "json_object":
+            found.append(("response_format", "response_format", {"json_object": True}))
+        elif kind == "json_schema":
+            spec = fmt.get("json_schema") if fmt is not None else None
+            if not isinstance(spec, dict) or spec.get("schema") is None:
+                raise bad_request(
+                    "response_format of type 'json_schema' needs json_schema.schema (a JSON schema object).",
+                    param="response_format",
+                )
+            found.append(("response_format", "response_format.json_schema.schema", {"json": spec["schema"]}))
+        elif kind != "text":
+            raise bad_request(
+                f"response_format.type must be 'text', 'json_object' or 'json_schema'; got {kind!r}.",
+                param="response_format",
+            )
+        for name, key in _GUIDED_FIELDS.items():
+            if getattr(self, name) is not None:
+                found.append((name, name, {key: getattr(self, name)}))
+        so = self.structured_outputs
+        options: dict[str, Any] = {}  # structured_outputs without a constraint: options for the one sent
+        if so is not None:
+            unknown = sorted(set(so) - _STRUCTURED_KEYS)
+            if unknown:
+                raise bad_request(
+                    f"structured_outputs does not support {', '.join(unknown)}; use one of "
+                    f"{', '.join(sorted(_STRUCTURED_KEYS))}.",
+                    param="structured_outputs",
+                )
+            if set(so) <= _STRUCTURED_OPTIONS:
+                options = dict(so)
+            else:
+                found.append(("structured_outputs", "structured_outputs", dict(so)))
+        if not found:
+            if options:
+                raise bad_request(
+                    f"structured_outputs.{next(iter(options))} needs an output constraint (json, regex, choice, "
+                    "grammar, json_object, a response_format or a forced tool call).",
+                    param="structured_outputs",
+                )
+            return None
+        if len(found) > 1:
+            raise bad_request(
+                f"Send one output constraint; got {' and '.join(f[0] for f in found)}.", param=found[1][0]
+            )
+        param, label, kwargs = found[0]
+        kwargs = {**kwargs, **options}
+        try:
+            return StructuredOutputsParams(**kwargs)
+        except (ValueError, TypeError) as e:
+            message = str(e)
+            if label != "structured_outputs":  # name the field the user sent, not the internal one
+                message = message.replace(f"structured_outputs.{next(iter(kwargs))}", label, 1)
+            raise bad_request(message, param=param) from None
 
     @property
     def include_usage(self) -> bool:
@@ -116,6 +232,7 @@ class _SamplingRequest(BaseModel):
         prompt_logprobs: int | None,
         vocab_size: int | None,
         output_kind: RequestOutputKind,
+        structured_outputs: StructuredOutputsParams | None = None,
     ) -> SamplingParams:
         """SamplingParams for this request; fields left unset keep the model's generation_config defaults."""
         optional = {
@@ -132,6 +249,7 @@ class _SamplingRequest(BaseModel):
             "logprobs": logprobs,
             "prompt_logprobs": prompt_logprobs,
             "logit_bias": self.check_logit_bias(vocab_size),
+            "structured_outputs": structured_outputs,
         }
         kwargs: dict[str, Any] = {k: v for k, v in optional.items() if v is not None}
         kwargs.update(
@@ -185,10 +303,6 @@ class ChatCompletionRequest(_SamplingRequest):
         for name in ("functions", "function_call", "audio"):
             if getattr(self, name) is not None:
                 raise unsupported(name)
-        if self.tool_choice not in (None, "none", "auto"):
-            raise unsupported("tool_choice", "only 'none' is accepted until tool calling lands")
-        if self.tools and self.tool_choice != "none":
-            raise unsupported("tools", "tool calling is not implemented; send tool_choice='none' or no tools")
         if not self.messages:
             raise bad_request("messages must contain at least one message.", param="messages")
         if self.top_logprobs is not None and not self.logprobs:
@@ -237,10 +351,8 @@ class CompletionRequest(_SamplingRequest):
         return items
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(_Request):
     """Either ``prompt`` (completion style) or ``messages`` (chat style, templated first)."""
-
-    model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
     prompt: str | None = None
@@ -256,9 +368,7 @@ class TokenizeRequest(BaseModel):
             raise bad_request("Send exactly one of 'prompt' or 'messages'.", param="prompt")
 
 
-class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class DetokenizeRequest(_Request):
     model: str | None = None
     tokens: list[int]
 

@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from inferd.outputs import RequestOutput
-from inferd.sampling_params import RequestOutputKind
+from inferd.sampling_params import RequestOutputKind, StructuredOutputsParams
+from inferd.server.chat_outputs import ChatOutputParser, ToolPlan, plan_tools, structured_outputs_for
 from inferd.server.chat_template import render_chat, to_template_messages
 from inferd.server.errors import APIError
 from inferd.server.logprobs import chat_logprobs
@@ -25,9 +26,12 @@ class OpenAIServingChat(OpenAIServing):
         req.check_supported()
         engine, model_name = self.engine_for(req.model)
         check_max_logprobs(req.top_logprobs, engine.model_config.max_logprobs, "top_logprobs")
+        plan = plan_tools(req, self.state.args)
         messages = to_template_messages(req.messages)
         tokenizer = engine.tokenizer
-        prompt, prompt_ids = await self.state.run_tokenizer(self._render_and_encode, tokenizer, messages, req)
+        prompt, prompt_ids, structured = await self.state.run_tokenizer(
+            self._render_and_encode, tokenizer, messages, req, plan
+        )
         self.check_prompt(engine, prompt_ids, "messages")
         top_logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = req.build_sampling_params(
@@ -36,19 +40,24 @@ class OpenAIServingChat(OpenAIServing):
             prompt_logprobs=None,
             vocab_size=self.vocab_size(engine),
             output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
+            structured_outputs=structured,
         )
         request_id = self.new_id("chatcmpl")
         outputs = self.state.generate(prompt, prompt_ids, params, request_id)
+        parsers = [ChatOutputParser(plan, self.state.args, prompt) for _ in range(req.n)]
         if req.stream:
-            return SSEResponse(self._stream(outputs, req, request_id, model_name, len(prompt_ids), tokenizer))
+            return SSEResponse(
+                self._stream(outputs, req, request_id, model_name, len(prompt_ids), tokenizer, parsers)
+            )
         result = await cancel_on_disconnect(raw_request, _last(outputs))
         if isinstance(result, Response):
             return result
-        return JSONResponse(self._response(result, req, request_id, model_name, tokenizer))
+        return JSONResponse(self._response(result, req, request_id, model_name, tokenizer, parsers))
 
     def _render_and_encode(
-        self, tokenizer: Any, messages: list[dict[str, Any]], req: ChatCompletionRequest
-    ) -> tuple[str, list[int]]:
+        self, tokenizer: Any, messages: list[dict[str, Any]], req: ChatCompletionRequest, plan: ToolPlan
+    ) -> tuple[str, list[int], StructuredOutputsParams | None]:
+        structured = structured_outputs_for(req, plan, self.state.args, tokenizer)
         text = render_chat(
             tokenizer,
             messages,
@@ -56,8 +65,9 @@ class OpenAIServingChat(OpenAIServing):
             add_generation_prompt=req.add_generation_prompt,
             continue_final_message=req.continue_final_message,
             template_kwargs=req.chat_template_kwargs,
+            tools=plan.tools,
         )
-        return text, list(tokenizer.encode(text, add_special_tokens=req.add_special_tokens))
+        return text, list(tokenizer.encode(text, add_special_tokens=req.add_special_tokens)), structured
 
     def _response(
         self,
@@ -66,6 +76,7 @@ class OpenAIServingChat(OpenAIServing):
         request_id: str,
         model_name: str,
         tokenizer: Any,
+        parsers: list[ChatOutputParser],
     ) -> dict[str, Any]:
         if final is None:
             raise APIError(503, "The request was aborted before it produced output.")
@@ -76,12 +87,13 @@ class OpenAIServingChat(OpenAIServing):
                 logprobs = {
                     "content": chat_logprobs(c.token_ids, c.logprobs, req.top_logprobs or 0, tokenizer)
                 }
+            parser = parsers[c.index]
             choices.append(
                 {
                     "index": c.index,
-                    "message": {"role": "assistant", "content": c.text},
+                    "message": parser.message(c.text),
                     "logprobs": logprobs,
-                    "finish_reason": c.finish_reason,
+                    "finish_reason": parser.finish_reason(c.finish_reason, parser.called),
                     "stop_reason": c.stop_reason,
                 }
             )
@@ -103,6 +115,7 @@ class OpenAIServingChat(OpenAIServing):
         model_name: str,
         prompt_tokens: int,
         tokenizer: Any,
+        parsers: list[ChatOutputParser],
     ) -> AsyncIterator[bytes]:
         base = {
             "id": request_id,
@@ -132,7 +145,9 @@ class OpenAIServingChat(OpenAIServing):
             for c in out.outputs:
                 completion_tokens += len(c.token_ids)
                 want_logprobs = req.logprobs and c.logprobs
-                if not c.text and c.finish_reason is None and not want_logprobs:
+                parser = parsers[c.index]
+                delta = parser.delta(c.text, final=c.finish_reason is not None)
+                if not delta and c.finish_reason is None and not want_logprobs:
                     continue
                 logprobs = None
                 if want_logprobs:
@@ -142,9 +157,9 @@ class OpenAIServingChat(OpenAIServing):
                     }
                 choice: dict[str, Any] = {
                     "index": c.index,
-                    "delta": {"content": c.text} if c.text else {},
+                    "delta": delta,
                     "logprobs": logprobs,
-                    "finish_reason": c.finish_reason,
+                    "finish_reason": parser.finish_reason(c.finish_reason, parser.called),
                 }
                 if c.finish_reason is not None:
                     choice["stop_reason"] = c.stop_reason

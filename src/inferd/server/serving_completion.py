@@ -41,12 +41,19 @@ class OpenAIServingCompletion(OpenAIServing):
         )
         for _, ids, _ in prompts:
             self.check_prompt(engine, ids, "prompt")
+        self.state.admission.check_request(req.n, len(prompts))
+        structured = await self.state.run_tokenizer(req.structured_outputs_params)  # xgrammar: off the loop
+        if structured is not None and tokenizer is None:
+            raise bad_request(
+                "Structured outputs need a tokenizer; this model has none.", param="response_format"
+            )
         params = req.build_sampling_params(
             max_tokens=req.max_tokens,
             logprobs=req.logprobs,
             prompt_logprobs=req.logprobs if req.echo and req.logprobs is not None else None,
             vocab_size=self.vocab_size(engine),
             output_kind=RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY,
+            structured_outputs=structured,
         )
         request_id = self.new_id("cmpl")
         streams = [

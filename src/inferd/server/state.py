@@ -20,6 +20,7 @@ from inferd.engine.stats import StatLoggerBase
 from inferd.outputs import CompletionOutput, RequestOutput
 from inferd.sampling_params import SamplingParams
 from inferd.server.errors import APIError, from_value_error, not_ready
+from inferd.server.limits import Admission, AdmissionControl
 from inferd.server.metrics import PrometheusStatLogger
 from inferd.server.server_args import ServerArgs
 
@@ -87,8 +88,12 @@ class ServerState:
         # One thread: fast tokenizers are not safe to call from several threads at once.
         self.tokenizer_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inferd-tokenizer")
         self.on_fatal: Callable[[], None] | None = (
-            None  # set by the launcher: stop serving after a load failure
+            None  # set by the launcher: stop serving (exit non-zero) after a load failure or the engine's death
         )
+        self.admission = AdmissionControl(
+            server_args.max_waiting_requests, server_args.max_n, self._num_running
+        )
+        self._watchdog: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -120,11 +125,30 @@ class ServerState:
         else:
             self.engine = engine
             logger.info("Model %s loaded in %.1f s; ready for requests.", model, time.perf_counter() - t0)
+            self._watchdog = asyncio.create_task(self._watch_engine(), name="inferd-engine-watchdog")
             return
         if self.on_fatal is not None:
             self.on_fatal()
 
+    async def _watch_engine(self, interval: float = 0.1) -> None:
+        """Once the engine dies (/health already says 503), ask the launcher to exit non-zero so that a supervisor
+        (container runtime, Kubernetes) restarts the server; requests in flight have their errors by then."""
+        assert self.engine is not None
+        while not self.engine.errored:
+            await asyncio.sleep(interval)
+        logger.error(
+            "The engine process died; stopping the server (exit status 1) so that it can be restarted."
+        )
+        if self.on_fatal is not None:
+            self.on_fatal()
+
+    def _num_running(self) -> int:
+        stats = self.engine.scheduler_stats if self.engine is not None else None
+        return int(stats.num_running_reqs) if stats is not None else 0
+
     async def shutdown(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.engine is not None:
             await self.engine.shutdown()
         self.tokenizer_executor.shutdown(wait=False, cancel_futures=True)
@@ -167,14 +191,29 @@ class ServerState:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.tokenizer_executor, functools.partial(fn, *args, **kwargs))
 
-    async def generate(
+    def generate(
         self, prompt: str | None, prompt_token_ids: list[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:
-        """The engine's outputs for one request; closing this iterator aborts the request.
+        """The engine's outputs for one request; closing the returned iterator aborts the request.
 
-        Raises a 400 ``APIError`` for the engine's ``ValueError`` (validation) and 503 when the engine died.
+        Raises at once (before any output, so a stream has not started): 503 when not ready or when the waiting
+        queue is full (with Retry-After), 400 for ``n`` above ``--max-n``. While iterating: 400 for the engine's
+        ``ValueError`` (validation) and 503 when the engine died.
         """
         engine = self.require_engine()
+        self.admission.check_n(params.n)
+        admission = self.admission.admit(params.n)
+        return self._generate(engine, prompt, prompt_token_ids, params, request_id, admission)
+
+    async def _generate(
+        self,
+        engine: EngineClient,
+        prompt: str | None,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str,
+        admission: Admission,
+    ) -> AsyncIterator[RequestOutput]:
         if self.args.enable_log_requests:
             logger.info(
                 "Received request %s: prompt=%r, prompt_token_ids=%s, params=%s",
@@ -207,6 +246,7 @@ class ServerState:
                 raise APIError(503, "The engine stopped unexpectedly; the server must be restarted.") from e
             raise
         finally:
+            admission.release()
             self.inflight.discard(request_id)
             self._server_aborted.discard(request_id)
             if self.args.enable_log_requests:

@@ -120,6 +120,19 @@ class CudaGraphRunner:
         width = block_tables.shape[1]
         self._host_block_tables.numpy()[:n, :width] = block_tables
         self.block_tables[:n, :width].copy_(self._host_block_tables[:n, :width], non_blocking=True)
+        self._n, self._bs = n, bs
+        graph, out = self.graphs[bs]
+        graph.replay()
+        return out[:n]
+
+    def run_next(self, input_ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """The next decode step of the batch last given to :meth:`run`: ``input_ids`` [n] and ``slots`` [n] on the
+        device (the tokens just sampled and their KV slots), positions and context lengths one further."""
+        n, bs = self._n, self._bs
+        self.slot_mapping[:n].copy_(slots)
+        self.input_ids[:n].copy_(input_ids)
+        self.positions[:n] += 1
+        self.seq_lens[:n] += 1
         graph, out = self.graphs[bs]
         graph.replay()
         return out[:n]

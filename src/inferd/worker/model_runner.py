@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +19,10 @@ from inferd.layers.attention import bind_kv_caches
 from inferd.layers.attention_metadata import AttentionMetadata
 from inferd.layers.sampler import Sampler, compute_prompt_logprobs, logprobs_to_lists
 from inferd.models.registry import get_model_class
+from inferd.models.source import load_tokenizer
 from inferd.models.weight_utils import initialize_dummy_weights, iter_weights
 from inferd.sampling_params import SamplingParams
+from inferd.structured_output.manager import StructuredOutputManager
 from inferd.worker.cuda_graph import CudaGraphRunner
 from inferd.worker.model_runner_output import ModelRunnerOutput
 from inferd.worker.sampling_batch import SamplingBatch
@@ -37,6 +40,10 @@ class _RequestState:
     num_computed_tokens: int
     prompt_logprobs: int | None
     logprobs: int | None
+    # Sampling that needs the host between tokens (penalties, logprobs, min_tokens, grammars) rules out
+    # multi-step decoding for the request; min_tokens only until it is reached.
+    multistep_ok: bool = True
+    min_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -80,6 +87,11 @@ class ModelRunner:
         self.model = self._load_model()
         self.sampler = Sampler()
         self.sampling_batch = SamplingBatch(self.vocab_size, self.device)
+        # Grammars (structured outputs): the tokenizer is loaded in the background on the first such request.
+        source = self.model_config.source
+        self.structured_output = StructuredOutputManager(
+            lambda: load_tokenizer(source), self.vocab_size, self.device
+        )
         self.requests: dict[str, _RequestState] = {}
         self._parked: set[str] = set()  # preempted: sampling state (seeded generators) kept until they resume
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -222,6 +234,7 @@ class ModelRunner:
             if self.requests.pop(req_id, None) is not None or req_id in self._parked:
                 self._parked.discard(req_id)
                 self.sampling_batch.remove_request(req_id, finished=True)
+                self.structured_output.remove_request(req_id)
         for req_id in so.preempted_req_ids:
             if self.requests.pop(req_id, None) is not None:
                 self._parked.add(req_id)
@@ -238,9 +251,14 @@ class ModelRunner:
                 num_computed_tokens=new.num_computed_tokens,
                 prompt_logprobs=params.prompt_logprobs,
                 logprobs=params.logprobs,
+                multistep_ok=_multistep_ok(params),
+                min_tokens=params.min_tokens,
             )
             self.sampling_batch.add_request(
                 new.req_id, params, new.prompt_token_ids, new.output_token_ids, new.eos_token_id
+            )
+            self.structured_output.add_request(  # no-op when resumed after preemption (matcher kept)
+                new.req_id, params, new.eos_token_id, new.prompt_token_ids, new.output_token_ids
             )
         for cached in so.scheduled_cached_reqs:
             state = self.requests[cached.req_id]
@@ -344,11 +362,24 @@ class ModelRunner:
         positions = torch.from_numpy(inputs.positions).to(dev, non_blocking=True)
         return self.model(input_ids, positions, meta)
 
+    def can_run_multistep(self, req_ids: Iterable[str]) -> bool:
+        """Whether these (already running) requests can decode several tokens without the host in between."""
+        for req_id in req_ids:
+            state = self.requests.get(req_id)
+            if state is None or not state.multistep_ok:
+                return False
+            if state.min_tokens > len(state.token_ids) - state.num_prompt_tokens:
+                return False
+        return True
+
     @torch.inference_mode()
-    def execute_model(self, so: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, so: SchedulerOutput, num_steps: int = 1) -> ModelRunnerOutput:
+        """Run one step, or ``num_steps`` decode steps back to back (see Scheduler.add_decode_lookahead)."""
         self._update_states(so)
         if so.total_num_scheduled_tokens == 0:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+        if num_steps > 1:
+            return self._execute_multistep(so, num_steps)
         inputs = self._prepare_inputs(so)
         num_seqs = len(inputs.seq_lens)
         prompt_logprobs: dict[str, list[TokenLogprobs | None]] = {}
@@ -373,6 +404,7 @@ class ModelRunner:
         sample_logprobs: dict[str, TokenLogprobs] = {}
         if logits is not None:
             metadata = self.sampling_batch.make_metadata(inputs.sample_req_ids)
+            self.structured_output.apply_bitmask(logits, inputs.sample_req_ids)  # grammar rows only, in place
             out = self.sampler(logits, metadata)
             token_ids = out.sampled_token_ids.tolist()
             if out.logprobs is not None:
@@ -385,6 +417,7 @@ class ModelRunner:
                 sampled[req_id] = tok
                 self.requests[req_id].token_ids.append(tok)
                 self.sampling_batch.append_output_token(req_id, tok)
+                self.structured_output.accept_token(req_id, tok)
         req_ids = list(so.num_scheduled_tokens)
         for req_id in req_ids:
             self.requests[req_id].num_computed_tokens += so.num_scheduled_tokens[req_id]
@@ -396,6 +429,53 @@ class ModelRunner:
             else None,
             prompt_logprobs=prompt_logprobs,
         )
+
+    def _execute_multistep(self, so: SchedulerOutput, num_steps: int) -> ModelRunnerOutput:
+        """``num_steps`` decode steps; each step's sampled tokens feed the next on the device, one sync at the end."""
+        inputs = self._prepare_inputs(so)
+        req_ids = inputs.sample_req_ids
+        n = len(req_ids)
+        assert inputs.max_query_len == 1 and n == len(inputs.seq_lens), "multi-step needs a decode-only batch"
+        bs = self.block_size
+        positions = inputs.positions[None, :] + np.arange(num_steps)[:, None]  # [num_steps, n]
+        slots = (
+            inputs.block_tables[np.arange(n)[None, :], positions // bs].astype(np.int64) * bs + positions % bs
+        )
+        metadata = self.sampling_batch.make_metadata(req_ids)
+        use_graph = self.graph_runner is not None and self.graph_runner.can_run(n)
+        slots_dev = torch.from_numpy(slots).to(self.device)  # one copy for all steps
+        step_tokens: list[torch.Tensor] = []
+        for i in range(num_steps):
+            if use_graph:
+                assert self.graph_runner is not None
+                if i == 0:
+                    logits = self.graph_runner.run(
+                        inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens, inputs.block_tables
+                    )
+                else:
+                    logits = self.graph_runner.run_next(step_tokens[-1], slots_dev[i])
+            else:
+                input_ids = torch.from_numpy(inputs.input_ids).to(self.device) if i == 0 else step_tokens[-1]
+                meta = self._make_metadata(
+                    np.ascontiguousarray(slots[i]),
+                    inputs.query_start_loc,
+                    inputs.seq_lens + i,
+                    inputs.block_tables,
+                    1,
+                    int(inputs.seq_lens.max()) + i,
+                )
+                step_positions = torch.from_numpy(np.ascontiguousarray(positions[i])).to(self.device)
+                hidden = self.model(input_ids, step_positions, meta)
+                logits = self.model.compute_logits(hidden)
+            step_tokens.append(self.sampler(logits, metadata).sampled_token_ids)
+        tokens = torch.stack(step_tokens, dim=1).tolist()  # [n, num_steps]: the step's one host sync
+        for req_id, row in zip(req_ids, tokens):
+            state = self.requests[req_id]
+            state.token_ids.extend(row)
+            state.num_computed_tokens += num_steps
+            for tok in row:
+                self.sampling_batch.append_output_token(req_id, tok)
+        return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=tokens)
 
     def _prompt_logprobs(
         self, hidden: torch.Tensor, inputs: _StepInputs
@@ -412,3 +492,14 @@ class ModelRunner:
                 chunk.extend(logprobs_to_lists(tensors, [k] * len(rows)))
             result[req_id] = chunk
         return result
+
+
+def _multistep_ok(params: SamplingParams) -> bool:
+    return (
+        params.logprobs is None
+        and params.prompt_logprobs is None
+        and params.presence_penalty == 0.0
+        and params.frequency_penalty == 0.0
+        and params.repetition_penalty == 1.0
+        and getattr(params, "structured_outputs", None) is None
+    )
