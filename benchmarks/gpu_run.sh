@@ -24,7 +24,10 @@ COMMON=(--load-format dummy --dtype bfloat16 --max-model-len 4096)
 
 if [[ $MODE == tests || $MODE == all ]]; then
   timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu tests/kernels tests/unit/test_models.py \
-    tests/unit/test_sampler.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+    tests/unit/test_sampler.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -3
+  # The server end to end on the GPU (grammars, tools, streaming) with a tiny random model.
+  timeout 240 python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/e2e/test_tools_and_structured.py \
+    tests/e2e/test_server.py 2>&1 | tee "$OUT/gpu_e2e.log" | tail -3
 fi
 if [[ $MODE == bench || $MODE == all ]]; then
   timeout 240 python3 -m inferd bench latency $CFG "${COMMON[@]}" --batch-size 1 32 \
@@ -44,6 +47,12 @@ if [[ $MODE == bench || $MODE == all ]]; then
   timeout 120 python3 -m inferd bench serve --base-url "http://127.0.0.1:$port" --num-prompts 64 --max-concurrency 32 \
     --input-len 256 --output-len 128 --output-json "$OUT/serve_bench.json" 2>&1 | tail -1
   kill -TERM $pid; wait $pid
+fi
+if [[ $MODE == big || $MODE == all ]]; then
+  for m in qwen3-8b llama-3.1-8b; do
+    timeout 200 python3 -m inferd bench latency benchmarks/model-configs/$m "${COMMON[@]}" --batch-size 1 \
+      --num-iters 3 --output-json "$OUT/latency_$m.json" 2>&1 | grep -E "latency:|Error"
+  done
 fi
 if [[ $MODE == peer || $MODE == all ]]; then
   timeout 200 python3 benchmarks/hf_peer.py latency $CFG 2>&1 | tail -1 | tee "$OUT/hf_latency.json"

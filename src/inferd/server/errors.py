@@ -194,7 +194,9 @@ def _document_errors(app: FastAPI) -> None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             schemas["ErrorResponse"] = _ERROR_SCHEMA
-            error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+            error = {
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+            }
             for path, item in schema.get("paths", {}).items():
                 for operation in item.values():
                     responses = operation.setdefault("responses", {})
