@@ -123,6 +123,8 @@ class SamplingParams:
         def bad(name: str, msg: str) -> ValueError:
             return ValueError(f"{name} {msg}")
 
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise bad("seed", f"must fit in 64 bits, got {self.seed}.")
         if not isinstance(self.n, int) or self.n < 1:
             raise bad("n", f"must be at least 1, got {self.n}.")
         for name in ("presence_penalty", "frequency_penalty"):
