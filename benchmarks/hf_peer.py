@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from inferd.bench.datasets import random_requests  # noqa: E402
+from inferd.bench.datasets import random_requests
 
 
 def load(config_dir: str) -> torch.nn.Module:

@@ -1,6 +1,6 @@
 """Where the host time of an engine step goes (cProfile), for batch-1 decode and for the throughput workload.
 
-    python benchmarks/profile_step.py benchmarks/model-configs/qwen3-0.6b [--num-prompts 64]
+python benchmarks/profile_step.py benchmarks/model-configs/qwen3-0.6b [--num-prompts 64]
 """
 
 from __future__ import annotations
@@ -40,8 +40,14 @@ def main() -> None:
     profile("batch 1, 256 tokens", lambda: llm.generate(one, sp, use_tqdm=False))
     reqs = random_requests(args.num_prompts, None, None, seed=0)
     prompts = [{"prompt_token_ids": r.prompt_token_ids} for r in reqs]
-    sps = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=r.max_tokens, detokenize=False) for r in reqs]
-    profile(f"throughput workload, {args.num_prompts} requests", lambda: llm.generate(prompts, sps, use_tqdm=False))
+    sps = [
+        SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=r.max_tokens, detokenize=False)
+        for r in reqs
+    ]
+    profile(
+        f"throughput workload, {args.num_prompts} requests",
+        lambda: llm.generate(prompts, sps, use_tqdm=False),
+    )
 
 
 if __name__ == "__main__":

@@ -339,7 +339,9 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand("serve", "Serve a model over an OpenAI-compatible HTTP API.", add_serve_arguments, run_serve),
-    Subcommand("bench", "Benchmark throughput, latency, or a running server.", _add_bench_arguments, _run_bench),
+    Subcommand(
+        "bench", "Benchmark throughput, latency, or a running server.", _add_bench_arguments, _run_bench
+    ),
 ]
 
 

@@ -199,3 +199,13 @@ def test_multistep_decode_matches_hf(tiny_qwen2: Path) -> None:
     b = [o.outputs[0].token_ids for o in single.generate(["Hello", "The quick"], params, use_tqdm=False)]
     assert a == b and all(len(t) == 11 for t in a)
     assert llm.llm_engine.engine_core.scheduler.kv_cache_manager.usage == 0.0
+
+
+def test_memory_profile_batch_runs(tiny_qwen3: Path) -> None:
+    # The GPU memory profile's dummy batch (prefills of max_num_batched_tokens + a top-k/top-p sample), on CPU.
+    llm = LLM(str(tiny_qwen3), max_model_len=128)
+    runner = llm.llm_engine.engine_core.runner
+    runner._run_dummy_batch(num_tokens=96, num_seqs=5, num_blocks=40)
+    # The engine still serves afterwards once its own cache is bound again.
+    runner.initialize_kv_cache(llm.llm_engine.engine_core.num_blocks)
+    assert llm.generate(["Hello"], GREEDY, use_tqdm=False)[0].outputs[0].token_ids

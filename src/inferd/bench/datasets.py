@@ -27,8 +27,13 @@ def random_requests(
     # All prompts first, then all output lengths: the draw order of nano-vllm's bench.py, so the same seed gives
     # the same 256 requests (142,827 prompt and 133,966 output tokens for the default workload).
     prompts = [
-        [rng.randint(0, max_token_id) for _ in range(input_len if input_len is not None else rng.randint(min_len, max_len))]
+        [
+            rng.randint(0, max_token_id)
+            for _ in range(input_len if input_len is not None else rng.randint(min_len, max_len))
+        ]
         for _ in range(num_prompts)
     ]
-    outputs = [output_len if output_len is not None else rng.randint(min_len, max_len) for _ in range(num_prompts)]
+    outputs = [
+        output_len if output_len is not None else rng.randint(min_len, max_len) for _ in range(num_prompts)
+    ]
     return [BenchRequest(p, n) for p, n in zip(prompts, outputs)]

@@ -12,7 +12,14 @@ from types import ModuleType
 
 from inferd.kernels import reference
 
-_NAMES = ("store_kv_cache", "paged_attention", "rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding")
+_NAMES = (
+    "store_kv_cache",
+    "paged_attention",
+    "rms_norm",
+    "fused_add_rms_norm",
+    "silu_and_mul",
+    "rotary_embedding",
+)
 
 store_kv_cache = reference.store_kv_cache
 paged_attention = reference.paged_attention

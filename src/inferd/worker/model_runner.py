@@ -147,10 +147,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _profile_num_gpu_blocks(self, block_bytes: int) -> int:
+        """KV blocks for ``gpu_memory_utilization × total`` minus this engine's weights and peak activations
+        (as vLLM counts it), clamped to the memory actually free (other processes may hold some)."""
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.device)
-        free_before, total = torch.cuda.mem_get_info(self.device)
-        used_by_others = total - free_before - torch.cuda.memory_reserved(self.device)
         num_tokens = self.scheduler_config.max_num_batched_tokens
         num_seqs = max(1, min(self.scheduler_config.max_num_seqs, num_tokens))
         tmp_blocks = num_tokens // self.block_size + num_seqs + 1
@@ -160,19 +160,32 @@ class ModelRunner:
         self.kv_caches = []
         bind_kv_caches(self.model, [])
         torch.cuda.empty_cache()
-        budget = total * self.cache_config.gpu_memory_utilization - used_by_others - peak
+        free, total = torch.cuda.mem_get_info(self.device)
+        allowed = total * self.cache_config.gpu_memory_utilization
+        activations = peak - torch.cuda.memory_allocated(self.device)  # transient; KV must leave room for it
+        budget = min(allowed - peak, free - activations - (256 << 20))
         num_blocks = int(budget // block_bytes)
         logger.info(
-            "Memory profile: total %.1f GiB, peak activations+weights %.2f GiB, KV budget %.2f GiB",
+            "Memory profile: total %.1f GiB, free %.1f GiB, weights+peak activations %.2f GiB, KV budget %.2f GiB",
             total / 2**30,
+            free / 2**30,
             peak / 2**30,
             max(budget, 0) / 2**30,
         )
+        if allowed - peak > budget:
+            logger.warning(
+                "Only %.1f GiB of the GPU are free (other processes hold the rest); the KV cache gets %.2f GiB "
+                "instead of %.2f GiB.",
+                free / 2**30,
+                max(budget, 0) / 2**30,
+                (allowed - peak) / 2**30,
+            )
         if num_blocks < 2:
             raise ValueError(
-                f"The model does not leave room for a KV cache: weights and activations need {peak / 2**30:.1f} "
-                f"GiB of the {total * self.cache_config.gpu_memory_utilization / 2**30:.1f} GiB allowed. Raise "
-                "--gpu-memory-utilization, lower --max-num-batched-tokens, or use a smaller model/dtype."
+                f"No room for a KV cache: this engine needs {peak / 2**30:.1f} GiB for weights and activations, "
+                f"--gpu-memory-utilization allows {allowed / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB of the GPU "
+                "are free. Raise --gpu-memory-utilization, lower --max-num-batched-tokens, stop other processes on "
+                "the GPU, or use a smaller model/dtype."
             )
         return num_blocks
 
