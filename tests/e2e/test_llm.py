@@ -205,7 +205,9 @@ def test_memory_profile_batch_runs(tiny_qwen3: Path) -> None:
     # The GPU memory profile's dummy batch (prefills of max_num_batched_tokens + a top-k/top-p sample), on CPU.
     llm = LLM(str(tiny_qwen3), max_model_len=128)
     runner = llm.llm_engine.engine_core.runner
-    runner._run_dummy_batch(num_tokens=96, num_seqs=5, num_blocks=40)
+    from inferd.worker.memory_profiler import run_dummy_batch
+
+    run_dummy_batch(runner, num_tokens=96, num_seqs=5, num_blocks=40)
     # The engine still serves afterwards once its own cache is bound again.
     runner.initialize_kv_cache(llm.llm_engine.engine_core.num_blocks)
     assert llm.generate(["Hello"], GREEDY, use_tqdm=False)[0].outputs[0].token_ids

@@ -159,18 +159,23 @@ def _folder_source(folder: str, load_format: str, common: dict[str, Any]) -> Mod
             f"{folder} has no config.json; pass a folder saved with save_pretrained (config.json + *.safetensors), "
             "a .gguf file, or a hub id."
         )
-    hf_config, raw = _load_config(folder, common["trust_remote_code"])
     if load_format != "dummy":
         check_safetensors_present(os.listdir(folder), where=folder)
-        load_format = "safetensors"
+    return _config_folder_source(folder, load_format, common)
+
+
+def _config_folder_source(folder: str, load_format: str, common: dict[str, Any], **hub: Any) -> ModelSource:
+    """A folder holding config.json (+ safetensors unless dummy), tokenizer and generation config files."""
+    hf_config, raw = _load_config(folder, common["trust_remote_code"])
     return ModelSource(
         path=folder,
-        load_format=load_format,
+        load_format="dummy" if load_format == "dummy" else "safetensors",
         hf_config=hf_config,
         checkpoint_dtype=_checkpoint_dtype(raw),
         gguf_file=None,
         tokenizer=folder if _has_tokenizer(folder) else None,
         generation_config=_read_json(os.path.join(folder, GENERATION_CONFIG_FILE)),
+        **hub,
         **common,
     )
 
@@ -213,24 +218,10 @@ def _hub_source(repo_id: str, load_format: str, common: dict[str, Any]) -> Model
         raise ValueError(
             f"Hub repo {repo_id!r} has no config.json. For a GGUF repo, download the .gguf file and pass its path."
         )
-    hf_config, raw = _load_config(folder, common["trust_remote_code"])
     commit = Path(folder).name
-    if load_format != "dummy":
-        if not hub_offline():
-            check_safetensors_present(list_hub_files(repo_id, commit), where=f"hub repo {repo_id!r}")
-        load_format = "safetensors"
-    return ModelSource(
-        path=folder,
-        load_format=load_format,
-        hf_config=hf_config,
-        checkpoint_dtype=_checkpoint_dtype(raw),
-        gguf_file=None,
-        tokenizer=folder if _has_tokenizer(folder) else None,
-        generation_config=_read_json(os.path.join(folder, GENERATION_CONFIG_FILE)),
-        hub_repo_id=repo_id,
-        hub_commit=commit,
-        **common,
-    )
+    if load_format != "dummy" and not hub_offline():
+        check_safetensors_present(list_hub_files(repo_id, commit), where=f"hub repo {repo_id!r}")
+    return _config_folder_source(folder, load_format, common, hub_repo_id=repo_id, hub_commit=commit)
 
 
 def _resolve_tokenizer(tokenizer: str | None, source: ModelSource, download_dir: str | None) -> str | None:

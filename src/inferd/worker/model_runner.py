@@ -24,6 +24,7 @@ from inferd.models.weight_utils import initialize_dummy_weights, iter_weights
 from inferd.sampling_params import SamplingParams
 from inferd.structured_output.manager import StructuredOutputManager
 from inferd.worker.cuda_graph import CudaGraphRunner
+from inferd.worker.memory_profiler import profile_num_gpu_blocks
 from inferd.worker.model_runner_output import ModelRunnerOutput
 from inferd.worker.sampling_batch import SamplingBatch
 
@@ -143,81 +144,7 @@ class ModelRunner:
             return max(2, min(budget // block_bytes, needed + 1))
         if self.device.type != "cuda":
             raise ValueError("kv_cache_memory_bytes is required off the GPU.")
-        return self._profile_num_gpu_blocks(block_bytes)
-
-    @torch.inference_mode()
-    def _profile_num_gpu_blocks(self, block_bytes: int) -> int:
-        """KV blocks for ``gpu_memory_utilization × total`` minus this engine's weights and peak activations
-        (as vLLM counts it), clamped to the memory actually free (other processes may hold some)."""
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(self.device)
-        num_tokens = self.scheduler_config.max_num_batched_tokens
-        num_seqs = max(1, min(self.scheduler_config.max_num_seqs, num_tokens))
-        tmp_blocks = num_tokens // self.block_size + num_seqs + 1
-        self._run_dummy_batch(num_tokens, num_seqs, tmp_blocks)
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device)
-        self.kv_caches = []
-        bind_kv_caches(self.model, [])
-        torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info(self.device)
-        allowed = total * self.cache_config.gpu_memory_utilization
-        activations = peak - torch.cuda.memory_allocated(self.device)  # transient; KV must leave room for it
-        budget = min(allowed - peak, free - activations - (256 << 20))
-        num_blocks = int(budget // block_bytes)
-        logger.info(
-            "Memory profile: total %.1f GiB, free %.1f GiB, weights+peak activations %.2f GiB, KV budget %.2f GiB",
-            total / 2**30,
-            free / 2**30,
-            peak / 2**30,
-            max(budget, 0) / 2**30,
-        )
-        if allowed - peak > budget:
-            logger.warning(
-                "Only %.1f GiB of the GPU are free (other processes hold the rest); the KV cache gets %.2f GiB "
-                "instead of %.2f GiB.",
-                free / 2**30,
-                max(budget, 0) / 2**30,
-                (allowed - peak) / 2**30,
-            )
-        if num_blocks < 2:
-            raise ValueError(
-                f"No room for a KV cache: this engine needs {peak / 2**30:.1f} GiB for weights and activations, "
-                f"--gpu-memory-utilization allows {allowed / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB of the GPU "
-                "are free. Raise --gpu-memory-utilization, lower --max-num-batched-tokens, stop other processes on "
-                "the GPU, or use a smaller model/dtype."
-            )
-        return num_blocks
-
-    def _run_dummy_batch(self, num_tokens: int, num_seqs: int, num_blocks: int) -> None:
-        self.initialize_kv_cache(num_blocks)
-        per_seq = [num_tokens // num_seqs] * num_seqs
-        per_seq[-1] += num_tokens - sum(per_seq)
-        starts = np.concatenate([[0], np.cumsum(per_seq)])
-        positions = np.concatenate([np.arange(n) for n in per_seq])
-        max_blocks = -(-max(per_seq) // self.block_size)
-        block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int32)
-        next_block = 1
-        slots = np.empty(num_tokens, dtype=np.int64)
-        for i, n in enumerate(per_seq):
-            nb = -(-n // self.block_size)
-            block_tables[i, :nb] = np.arange(next_block, next_block + nb)
-            next_block += nb
-            pos = np.arange(n)
-            slots[starts[i] : starts[i] + n] = block_tables[i, pos // self.block_size] * self.block_size + (
-                pos % self.block_size
-            )
-        meta = self._make_metadata(slots, starts, np.array(per_seq), block_tables, max(per_seq), max(per_seq))
-        input_ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
-        hidden = self.model(input_ids, torch.from_numpy(positions).to(self.device), meta)
-        logits = self.model.compute_logits(hidden[:num_seqs])
-        # Sample with top-k/top-p on so the profile includes the sampler's sort.
-        batch = SamplingBatch(self.vocab_size, self.device)
-        params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50)
-        ids = [f"profile-{i}" for i in range(num_seqs)]
-        for req_id in ids:
-            batch.add_request(req_id, params, [0], [], None)
-        self.sampler(logits, batch.make_metadata(ids))
+        return profile_num_gpu_blocks(self, block_bytes)
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         shape = (2, num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
