@@ -360,9 +360,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             description=cmd.help,
             formatter_class=_HelpFormatter,
             allow_abbrev=False,
-            epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG> (e.g. "
-            f"{ENV_PREFIX}MAX_MODEL_LEN=32k) or as a key of the --config YAML file. Precedence: command line > "
-            "environment > config file > default. Dashes and underscores in flag names are interchangeable.",
+            epilog=(
+                f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG> (e.g. "
+                f"{ENV_PREFIX}MAX_MODEL_LEN=32k) or as a key of the --config YAML file. Precedence: command line > "
+                "environment > config file > default. Dashes and underscores in flag names are interchangeable."
+            )
+            if cmd.name == "serve"
+            else None,
         )
         cmd.add_arguments(p)
         p.set_defaults(_run=cmd.run, _parser=p)
@@ -389,9 +393,19 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
     parser, subparsers = build_parser()
     argv = normalize_flag_names(argv)
     if argv and argv[0] in subparsers:
-        sub = subparsers[argv[0]]
-        sub.set_defaults(**_layered_defaults(sub, argv[1:], environ))
+        sub, rest = subparsers[argv[0]], argv[1:]
+        nested = _nested_parser(sub, rest[0]) if rest else None
+        if nested is not None:  # `inferd bench throughput ...`: the flags live on the nested parser
+            sub, rest = nested, rest[1:]
+        sub.set_defaults(**_layered_defaults(sub, rest, environ))
     return parser.parse_args(argv)
+
+
+def _nested_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
 
 
 def _layered_defaults(

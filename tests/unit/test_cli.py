@@ -175,3 +175,15 @@ def test_python_m_inferd_help_is_grouped() -> None:
         assert heading in proc.stdout
     top = subprocess.run([sys.executable, "-m", "inferd", "--help"], env=env, capture_output=True, text=True)
     assert top.returncode == 0 and "serve" in top.stdout
+
+
+def test_bench_engine_flags_take_env_and_config_file(tmp_path) -> None:
+    from inferd.cli import parse_args
+
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text("max-model-len: 77\n")
+    args = parse_args(
+        ["bench", "latency", "some/model", "--config", str(cfg)], environ={"INFERD_MAX_NUM_SEQS": "7"}
+    )
+    assert (args.max_model_len, args.max_num_seqs, args.bench_command) == (77, 7, "latency")
+    assert parse_args(["bench", "serve", "--base-url", "http://h:1"], environ={}).base_url == "http://h:1"

@@ -22,7 +22,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     modules = {"throughput": throughput, "latency": latency, "serve": serve, "load": load}
     sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     for name, text in _BENCHMARKS.items():
-        p = sub.add_parser(name, help=text, description=text, formatter_class=parser.formatter_class)
+        epilog = (
+            "Engine flags can also be set as environment variables INFERD_<FLAG> or keys of the --config YAML file "
+            "(command line > environment > config file > default)."
+            if name != "serve"
+            else None
+        )
+        p = sub.add_parser(
+            name, help=text, description=text, epilog=epilog, formatter_class=parser.formatter_class
+        )
         if name not in _ONLINE:
             add_engine_arguments(p)
         modules[name].add_arguments(p)
