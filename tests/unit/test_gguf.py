@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from gguf_fixture import smollm2_gguf_path
 
+from gguf_fixture import smollm2_gguf_path
 from inferd.models.source import ModelSource, eos_token_ids, load_tokenizer, resolve_model_source
 from inferd.models.weight_utils import iter_weights
 
