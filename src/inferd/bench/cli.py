@@ -17,7 +17,7 @@ _ONLINE = ("serve", "load")  # against a running server: no engine arguments
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     from inferd.bench import latency, load, serve, throughput
-    from inferd.cli import add_engine_arguments
+    from inferd.cli_flags import add_engine_arguments
 
     modules = {"throughput": throughput, "latency": latency, "serve": serve, "load": load}
     sub = parser.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
