@@ -26,18 +26,16 @@ MARK = "FAULT-INJECTED"
 _SITECUSTOMIZE = f"""
 from inferd.engine import output_processor as _op
 
-_process_outputs = _op.OutputProcessor.process_outputs
+_process_child = _op.OutputProcessor._process_child
 
 
-def process_outputs(self, outputs, now=None):
-    for out in outputs:
-        child = self._children.get(out.req_id)
-        if child is not None and {MARK!r} in (child.parent.prompt or ""):
-            raise RuntimeError("fault injected by the test")
-    return _process_outputs(self, outputs, now)
+def _faulty_process_child(self, child, out, now, result):
+    if {MARK!r} in (child.parent.prompt or ""):
+        raise RuntimeError("fault injected by the test")
+    return _process_child(self, child, out, now, result)
 
 
-_op.OutputProcessor.process_outputs = process_outputs
+_op.OutputProcessor._process_child = _faulty_process_child
 """
 
 

@@ -325,3 +325,23 @@ def test_out_of_vocab_tokens_do_not_break_the_text(tokenizer):
         res.request_outputs[0].outputs[0].text == " fox"
         and res.request_outputs[0].outputs[0].token_ids == ids
     )
+
+
+def test_a_failure_in_one_request_drops_that_request_only(tokenizer, monkeypatch):
+    proc = OutputProcessor(tokenizer)
+    add(proc, tokenizer, "good", max_tokens=4)
+    add(proc, tokenizer, "bad", n=2, max_tokens=4)
+    original = OutputProcessor._process_child
+
+    def faulty(self, child, out, now, result):
+        if child.parent.request_id == "bad":
+            raise RuntimeError("boom")
+        return original(self, child, out, now, result)
+
+    monkeypatch.setattr(OutputProcessor, "_process_child", faulty)
+    tok = enc(tokenizer, " world")[0]
+    res = proc.process_outputs([EngineCoreOutput(r, [tok]) for r in ("0_bad", "good", "1_bad")], now=101.0)
+    assert [o.request_id for o in res.request_outputs] == ["good"]
+    assert list(res.failed) == ["bad"] and str(res.failed["bad"]) == "boom"
+    assert sorted(res.reqs_to_abort) == ["0_bad", "1_bad"]
+    assert proc.get_num_unfinished_requests() == 1

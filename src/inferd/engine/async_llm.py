@@ -4,7 +4,6 @@ its own process. The event loop never waits on model work."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,10 +11,10 @@ from typing import Any
 
 from inferd.config import EngineArgs, EngineConfig
 from inferd.engine.core_client import EngineCoreClient, EngineDeadError
-from inferd.engine.core_types import EngineCoreOutput, EngineCoreOutputs, SchedulerStats
+from inferd.engine.core_types import EngineCoreOutputs, SchedulerStats
 from inferd.engine.input_processor import InputProcessor
 from inferd.engine.output_processor import OutputProcessor
-from inferd.engine.stats import IterationStats, StatLoggerBase
+from inferd.engine.stats import StatLoggerBase
 from inferd.outputs import RequestOutput
 from inferd.sampling_params import SamplingParams
 
@@ -44,7 +43,6 @@ class AsyncLLM:
         self.scheduler_stats: SchedulerStats | None = None
         self._client = client
         self._queues: dict[str, asyncio.Queue[RequestOutput | BaseException]] = {}
-        self._parent_of: dict[str, str] = {}  # engine-core (child) request id → request id
         self._loop = asyncio.get_running_loop()
         self._dead_reason: str | None = None
         client.start_output_thread(self._on_outputs_threadsafe, self._on_dead_threadsafe)
@@ -103,7 +101,6 @@ class AsyncLLM:
         )
         self._queues[request_id] = queue
         for core_request in core_requests:
-            self._parent_of[core_request.req_id] = request_id
             self._client.add_request(core_request)
         finished = False
         try:
@@ -115,8 +112,6 @@ class AsyncLLM:
                 yield item
         finally:
             self._queues.pop(request_id, None)
-            for core_request in core_requests:
-                self._parent_of.pop(core_request.req_id, None)
             if not finished:
                 self._abort_now(request_id)
 
@@ -138,49 +133,31 @@ class AsyncLLM:
         self._loop.call_soon_threadsafe(self._on_dead, reason)
 
     def _on_outputs(self, outputs: EngineCoreOutputs) -> None:
-        # Each request's outputs are processed apart: an exception (a detokenizer bug, say) fails that request only.
-        now = time.time()
-        groups: dict[str, list[EngineCoreOutput]] = {}
-        for core_output in outputs.outputs:
-            request_id = self._parent_of.get(core_output.req_id)
-            if request_id is not None:
-                groups.setdefault(request_id, []).append(core_output)
-        iteration_stats = IterationStats()
-        reqs_to_abort: list[str] = []
-        for request_id, group in groups.items():
-            try:
-                processed = self.output_processor.process_outputs(group, now)
-            except Exception as e:
-                logger.exception(
-                    "Processing the outputs of request %s failed; failing that request", request_id
+        processed = self.output_processor.process_outputs(outputs.outputs, time.time())
+        for out in processed.request_outputs:
+            queue = self._queues.get(out.request_id)
+            if queue is not None:
+                queue.put_nowait(out)
+        for request_id, error in processed.failed.items():  # fails that request only; the others go on
+            logger.error(
+                "Processing the outputs of request %s failed; failing that request",
+                request_id,
+                exc_info=(type(error), error, error.__traceback__),
+            )
+            queue = self._queues.pop(request_id, None)
+            if queue is not None:
+                queue.put_nowait(
+                    RuntimeError(f"Internal error while processing request {request_id}: {error!r}")
                 )
-                self._fail_request(request_id, e)
-                continue
-            for out in processed.request_outputs:
-                queue = self._queues.get(out.request_id)
-                if queue is not None:
-                    queue.put_nowait(out)
-            reqs_to_abort.extend(processed.reqs_to_abort)
-            _add_stats(iteration_stats, processed.iteration_stats)
-        if reqs_to_abort:
-            self._client.abort_requests(reqs_to_abort)
+        if processed.reqs_to_abort:
+            self._client.abort_requests(processed.reqs_to_abort)
         if outputs.scheduler_stats is not None:
             self.scheduler_stats = outputs.scheduler_stats
         for stat_logger in self.stat_loggers:
             try:
-                stat_logger.record(outputs.scheduler_stats, iteration_stats)
+                stat_logger.record(outputs.scheduler_stats, processed.iteration_stats)
             except Exception:
                 logger.exception("stat logger failed")
-
-    def _fail_request(self, request_id: str, error: Exception) -> None:
-        """End one request with an error (its stream raises it) and stop its work in the engine core."""
-        queue = self._queues.pop(request_id, None)
-        try:
-            self._abort_now(request_id)
-        except Exception:
-            logger.exception("Could not abort request %s", request_id)
-        if queue is not None:
-            queue.put_nowait(RuntimeError(f"Internal error while processing request {request_id}: {error!r}"))
 
     def _on_dead(self, reason: str) -> None:
         self._dead_reason = reason
@@ -192,13 +169,3 @@ class AsyncLLM:
 
     async def shutdown(self) -> None:
         await asyncio.to_thread(self._client.shutdown)
-
-
-def _add_stats(total: IterationStats, part: IterationStats) -> None:
-    """Fold one request's iteration stats into the batch's (counts add up, lists concatenate)."""
-    for f in dataclasses.fields(part):
-        value = getattr(part, f.name)
-        if isinstance(value, list):
-            getattr(total, f.name).extend(value)
-        else:
-            setattr(total, f.name, getattr(total, f.name) + value)

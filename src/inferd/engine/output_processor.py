@@ -33,6 +33,9 @@ class ProcessedOutputs:
     request_outputs: list[RequestOutput] = field(default_factory=list)
     reqs_to_abort: list[str] = field(default_factory=list)  # child ids the core must stop (stop strings)
     iteration_stats: IterationStats = field(default_factory=IterationStats)
+    # request id -> the exception that processing its outputs raised; such a request is dropped (its unfinished
+    # children are in reqs_to_abort) and the other requests of the batch go on.
+    failed: dict[str, Exception] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -219,13 +222,26 @@ class OutputProcessor:
             child = self._children.get(out.req_id)
             if child is None:
                 continue
-            if self._process_child(child, out, now, result):
-                changed[child.parent.request_id] = child.parent
+            try:
+                if self._process_child(child, out, now, result):
+                    changed[child.parent.request_id] = child.parent
+            except Exception as e:  # a bug in one request's processing fails that request only
+                self._fail(child.parent.request_id, e, result)
         for parent in changed.values():
-            request_output = self._make_request_output(parent, now)
+            if parent.request_id in result.failed:
+                continue
+            try:
+                request_output = self._make_request_output(parent, now)
+            except Exception as e:
+                self._fail(parent.request_id, e, result)
+                continue
             if request_output is not None:
                 result.request_outputs.append(request_output)
         return result
+
+    def _fail(self, request_id: str, error: Exception, result: ProcessedOutputs) -> None:
+        result.failed[request_id] = error
+        result.reqs_to_abort.extend(self.abort_requests([request_id]))
 
     def _process_child(
         self, child: _Child, out: EngineCoreOutput, now: float, result: ProcessedOutputs
