@@ -62,4 +62,7 @@ class LLMEngine:
         processed = self.output_processor.process_outputs(core_outputs.outputs, time.time())
         if processed.reqs_to_abort:
             self.engine_core.abort_requests(processed.reqs_to_abort)
+        if processed.failed:  # offline there is no one else to tell: surface the error to the caller
+            request_id, error = next(iter(processed.failed.items()))
+            raise RuntimeError(f"Processing the outputs of request {request_id} failed: {error!r}") from error
         return processed.request_outputs
