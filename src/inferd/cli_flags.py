@@ -147,7 +147,18 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("device and parallelism")
     g.add_argument(
-        "--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs per engine (only 1 for now)."
+        "--tensor-parallel-size",
+        "-tp",
+        type=int,
+        default=1,
+        help="GPUs per engine replica: the model's layers are split across them (one worker process each).",
+    )
+    g.add_argument(
+        "--data-parallel-size",
+        "-dp",
+        type=int,
+        default=1,
+        help="Engine replicas behind one API server, each on its own GPU(s); requests go to the least loaded.",
     )
     g.add_argument(
         "--enforce-eager",

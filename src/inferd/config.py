@@ -70,7 +70,13 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = 1  # GPUs (worker processes) per engine replica, one TP group
+    data_parallel_size: int = 1  # engine replicas behind one frontend
+
+    @property
+    def world_size(self) -> int:
+        """Devices one engine replica uses."""
+        return self.tensor_parallel_size
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,7 @@ class EngineArgs:
     enforce_eager: bool = False
     trust_remote_code: bool = False
     tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
     generation_config: str = "auto"
     served_model_name: str | list[str] | None = None
     max_logprobs: int = 20
@@ -159,11 +166,10 @@ class EngineArgs:
             raise ValueError(f"num_scheduler_steps must be from 1 to 64; got {self.num_scheduler_steps}.")
         if self.max_logprobs < 0:
             raise ValueError(f"max_logprobs must be non-negative; got {self.max_logprobs}.")
-        if self.tensor_parallel_size != 1:
-            raise ValueError(
-                f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet; "
-                "use --tensor-parallel-size 1 (one GPU per engine)."
-            )
+        if not 1 <= self.tensor_parallel_size <= 64:
+            raise ValueError(f"tensor_parallel_size must be from 1 to 64; got {self.tensor_parallel_size}.")
+        if not 1 <= self.data_parallel_size <= 64:
+            raise ValueError(f"data_parallel_size must be from 1 to 64; got {self.data_parallel_size}.")
         if self.device not in ("auto", "cuda", "cpu"):
             raise ValueError(f"device must be 'auto', 'cuda' or 'cpu'; got {self.device!r}.")
 
@@ -187,6 +193,14 @@ class EngineArgs:
 
         self._verify_plain()
         device = self.resolve_device()
+        if device == "cuda":
+            import torch
+
+            if self.tensor_parallel_size > torch.cuda.device_count():
+                raise ValueError(
+                    f"tensor_parallel_size={self.tensor_parallel_size} needs that many GPUs but "
+                    f"{torch.cuda.device_count()} are visible; lower --tensor-parallel-size."
+                )
         source = resolve_model_source(
             self.model,
             revision=self.revision,
@@ -253,7 +267,9 @@ class EngineArgs:
                 enable_chunked_prefill=self.enable_chunked_prefill,
                 num_scheduler_steps=self.num_scheduler_steps or (8 if device == "cuda" else 1),
             ),
-            parallel_config=ParallelConfig(tensor_parallel_size=self.tensor_parallel_size),
+            parallel_config=ParallelConfig(
+                tensor_parallel_size=self.tensor_parallel_size, data_parallel_size=self.data_parallel_size
+            ),
             device_config=DeviceConfig(device=device),
             enforce_eager=self.enforce_eager or device == "cpu",
         )
