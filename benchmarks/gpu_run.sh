@@ -2,7 +2,7 @@
 # Everything inferd does on a GPU box in one go: GPU tests, benchmarks, and the HF transformers peer.
 # Results land in $OUT (default ./gpu-results). Run from the repository root:
 #   ../shared/device/stage-wheels.sh   # (here) stage the server wheels the GPU image lacks into .whl/
-#   bash benchmarks/gpu_run.sh [tests|bench|peer|all]
+#   bash benchmarks/gpu_run.sh [tests|bench|big|peer|gemv|tp|dp|all]   (tp and dp need two GPUs)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
@@ -57,4 +57,23 @@ fi
 if [[ $MODE == peer || $MODE == all ]]; then
   timeout 200 python3 benchmarks/hf_peer.py latency $CFG 2>&1 | tail -1 | tee "$OUT/hf_latency.json"
   timeout 300 python3 benchmarks/hf_peer.py throughput $CFG --num-prompts 64 2>&1 | tail -1 | tee "$OUT/hf_throughput.json"
+fi
+if [[ $MODE == gemv || $MODE == all ]]; then
+  timeout 120 python3 benchmarks/gemv_bench.py --output-json "$OUT/gemv.json" 2>&1 | tee "$OUT/gemv.log" | tail -30
+fi
+if [[ $MODE == tp || $MODE == all ]] && (( $(nvidia-smi -L | wc -l) >= 2 )); then
+  timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 | tee "$OUT/tp_tests.log" | tail -3
+  L8=benchmarks/model-configs/llama-3.1-8b
+  for tp in 1 2; do
+    timeout 240 python3 -m inferd bench latency $L8 "${COMMON[@]}" -tp $tp --batch-size 1 --num-iters 3 \
+      --output-json "$OUT/latency_llama8b_tp$tp.json" 2>&1 | tee "$OUT/latency_llama8b_tp$tp.log" | grep -E "latency:|Error|error"
+  done
+  timeout 300 python3 -m inferd bench throughput $L8 "${COMMON[@]}" -tp 2 \
+    --output-json "$OUT/throughput_llama8b_tp2.json" 2>&1 | grep -E "throughput:|Error|error"
+fi
+if [[ $MODE == dp || $MODE == all ]] && (( $(nvidia-smi -L | wc -l) >= 2 )); then
+  for dp in 1 2; do
+    timeout 300 python3 -m inferd bench throughput $CFG "${COMMON[@]}" -dp $dp \
+      --output-json "$OUT/throughput_dp$dp.json" 2>&1 | grep -E "throughput:|Error|error"
+  done
 fi

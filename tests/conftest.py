@@ -126,3 +126,11 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_kv1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Llama with one KV head (replicated under tensor parallelism) and a vocabulary of odd size."""
+    return build_model(
+        tmp_path_factory.mktemp("tiny-llama-kv1"), "llama", vocab_size=353, num_key_value_heads=1
+    )

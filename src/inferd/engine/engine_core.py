@@ -10,21 +10,27 @@ from inferd.config import EngineConfig
 from inferd.engine.core_types import EngineCoreOutputs, EngineCoreRequest
 from inferd.engine.request import Request
 from inferd.engine.scheduler import Scheduler
-from inferd.worker.model_runner import ModelRunner
+from inferd.worker.executor import make_executor
 
 logger = logging.getLogger(__name__)
 
 
 class EngineCore:
-    """Owns the scheduler and the model runner. Not thread-safe: one caller drives ``step()``."""
+    """Owns the scheduler and the executor (the model runner of every tensor-parallel rank). Not thread-safe:
+    one caller drives ``step()``; call ``shutdown()`` when done (it stops tensor-parallel workers)."""
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.runner = ModelRunner(config)
-        num_blocks = self.runner.determine_num_blocks()
-        self._check_capacity(num_blocks)
-        self.runner.initialize_kv_cache(num_blocks)
-        self.runner.capture_cuda_graphs()
+        self.executor = make_executor(config)
+        try:
+            self.runner = self.executor.driver  # rank 0: host-side queries only
+            num_blocks = self.executor.collective_rpc("determine_num_blocks")
+            self._check_capacity(num_blocks)
+            self.executor.collective_rpc("initialize_kv_cache", num_blocks)
+            self.executor.collective_rpc("capture_cuda_graphs")
+        except BaseException:
+            self.executor.shutdown()
+            raise
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks)
         self.num_blocks = num_blocks
         self.num_scheduler_steps = config.scheduler_config.num_scheduler_steps
@@ -76,7 +82,10 @@ class EngineCore:
             and self.runner.can_run_multistep(scheduler_output.num_scheduled_tokens)
         ):
             num_steps = self.scheduler.add_decode_lookahead(scheduler_output, self.num_scheduler_steps)
-        runner_output = self.runner.execute_model(scheduler_output, num_steps)
+        runner_output = self.executor.execute_model(scheduler_output, num_steps)
         outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
         outputs.timestamp = time.time()
         return outputs
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from inferd.distributed.parallel_state import divide_for_tp, local_num_heads, local_num_kv_heads
 from inferd.layers.activation import SiluAndMul
 from inferd.layers.attention import Attention
 from inferd.layers.attention_metadata import AttentionMetadata
@@ -51,17 +52,25 @@ def _num_kv_heads(hf_config: Any) -> int:
 
 
 class DecoderAttention(nn.Module):
+    """Rotary GQA attention over this TP rank's heads: ``num_heads``, ``num_kv_heads``, ``q_size`` and
+    ``kv_size`` are local; the output is the full [num_tokens, hidden] on every rank."""
+
     def __init__(self, hf_config: Any, spec: DecoderSpec, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
-        self.num_heads = hf_config.num_attention_heads
-        self.num_kv_heads = _num_kv_heads(hf_config)
+        total_num_heads = hf_config.num_attention_heads
         self.head_dim = _head_dim(hf_config)
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = QKVLinear(
-            hf_config.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, bias=spec.qkv_bias
+            hf_config.hidden_size,
+            self.head_dim,
+            total_num_heads,
+            _num_kv_heads(hf_config),
+            bias=spec.qkv_bias,
         )
-        self.o_proj = RowLinear(self.q_size, hf_config.hidden_size, bias=spec.o_proj_bias)
+        self.num_heads = self.qkv_proj.num_heads  # this rank's heads
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        self.q_size = self.qkv_proj.q_size
+        self.kv_size = self.qkv_proj.kv_size
+        self.o_proj = RowLinear(total_num_heads * self.head_dim, hf_config.hidden_size, bias=spec.o_proj_bias)
         self.q_norm: RMSNorm | None = None
         self.k_norm: RMSNorm | None = None
         if spec.qk_norm:
@@ -81,7 +90,7 @@ class DecoderAttention(nn.Module):
             k = self.k_norm(k.reshape(-1, self.head_dim)).view(-1, self.kv_size)  # [num_tokens, kv_size]
         q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q, k, v, attn_metadata)  # [num_tokens, q_size]
-        return self.o_proj(out)
+        return self.o_proj(out)  # all-reduced over the TP ranks
 
 
 class DecoderMLP(nn.Module):
@@ -157,11 +166,19 @@ def _check_config(hf_config: Any) -> None:
             f"num_attention_heads ({hf_config.num_attention_heads}) must be a multiple of "
             f"num_key_value_heads ({_num_kv_heads(hf_config)})."
         )
+    local_num_heads(hf_config.num_attention_heads)
+    local_num_kv_heads(_num_kv_heads(hf_config))
+    divide_for_tp(hf_config.intermediate_size, "intermediate_size")
 
 
 class DecoderForCausalLM(nn.Module):
     """A HF-compatible decoder-only causal LM. Builds on the current default device and dtype, with
     uninitialised weights: fill them with :meth:`load_weights` (or a dummy initialiser).
+
+    Under tensor parallelism (``init_tensor_parallel`` before construction) each rank builds the same class,
+    holds its shard of every split weight, and is fed the full checkpoint; ``forward`` returns the full hidden
+    states and ``compute_logits`` the full logits on every rank. Configs whose head counts or intermediate size
+    do not split over ``--tensor-parallel-size`` raise ``ValueError`` at construction.
     """
 
     @classmethod

@@ -13,11 +13,18 @@ import torch
 
 from inferd import kernels
 from inferd.config import EngineConfig
+from inferd.distributed.parallel_state import local_num_kv_heads, tp_broadcast, tp_min_int, tp_size
 from inferd.engine.core_types import TokenLogprobs
 from inferd.engine.scheduler_output import SchedulerOutput
 from inferd.layers.attention import bind_kv_caches
 from inferd.layers.attention_metadata import AttentionMetadata
-from inferd.layers.sampler import Sampler, compute_prompt_logprobs, logprobs_to_lists
+from inferd.layers.sampler import (
+    Sampler,
+    SamplerOutput,
+    SamplingMetadata,
+    compute_prompt_logprobs,
+    logprobs_to_lists,
+)
 from inferd.models.registry import get_model_class
 from inferd.models.source import load_tokenizer
 from inferd.models.weight_utils import initialize_dummy_weights, iter_weights
@@ -67,18 +74,22 @@ class _StepInputs:
 class ModelRunner:
     """Owns the model, its KV cache and the sampling state on one device."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, rank: int = 0) -> None:
         self.config = config
+        self.rank = rank  # tensor-parallel rank; the caller has joined the process group when tp > 1
         self.model_config = config.model_config
         self.cache_config = config.cache_config
         self.scheduler_config = config.scheduler_config
         self.device = torch.device(config.device_config.device)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", rank)
+            torch.cuda.set_device(self.device)
         self.dtype = _DTYPES[self.model_config.dtype]
         self.block_size = self.cache_config.block_size
         hf_config = self.model_config.hf_config
         self.vocab_size: int = hf_config.vocab_size
         self.num_layers: int = hf_config.num_hidden_layers
-        self.num_kv_heads: int = (
+        self.num_kv_heads: int = local_num_kv_heads(  # this rank's share under tensor parallelism
             getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads
         )
         self.head_dim: int = getattr(hf_config, "head_dim", None) or (
@@ -131,7 +142,11 @@ class ModelRunner:
         return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
 
     def determine_num_blocks(self) -> int:
-        """How many KV blocks fit: the override, an explicit byte budget, or what the memory profile leaves."""
+        """How many KV blocks fit (on every tensor-parallel rank): the override, an explicit byte budget, or what
+        the memory profile leaves."""
+        return tp_min_int(self._num_blocks_here(), self.device)
+
+    def _num_blocks_here(self) -> int:
         if self.cache_config.num_gpu_blocks_override is not None:
             return self.cache_config.num_gpu_blocks_override
         block_bytes = self.kv_block_bytes()
@@ -345,7 +360,7 @@ class ModelRunner:
         if logits is not None:
             metadata = self.sampling_batch.make_metadata(inputs.sample_req_ids)
             self.structured_output.apply_bitmask(logits, inputs.sample_req_ids)  # grammar rows only, in place
-            out = self.sampler(logits, metadata)
+            out = self._sample(logits, metadata)
             token_ids = out.sampled_token_ids.tolist()
             if out.logprobs is not None:
                 nums = [self.requests[r].logprobs for r in inputs.sample_req_ids]
@@ -407,7 +422,7 @@ class ModelRunner:
                 step_positions = torch.from_numpy(np.ascontiguousarray(positions[i])).to(self.device)
                 hidden = self.model(input_ids, step_positions, meta)
                 logits = self.model.compute_logits(hidden)
-            step_tokens.append(self.sampler(logits, metadata).sampled_token_ids)
+            step_tokens.append(self._sample(logits, metadata).sampled_token_ids)
         tokens = torch.stack(step_tokens, dim=1).tolist()  # [n, num_steps]: the step's one host sync
         for req_id, row in zip(req_ids, tokens):
             state = self.requests[req_id]
@@ -416,6 +431,14 @@ class ModelRunner:
             for tok in row:
                 self.sampling_batch.append_output_token(req_id, tok)
         return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=tokens)
+
+    def _sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
+        """Sample; under tensor parallelism every rank then takes rank 0's tokens, so all ranks stay in step
+        whatever their random streams."""
+        out = self.sampler(logits, metadata)
+        if tp_size() > 1:
+            tp_broadcast(out.sampled_token_ids, src=0)
+        return out
 
     def _prompt_logprobs(
         self, hidden: torch.Tensor, inputs: _StepInputs
