@@ -2,7 +2,7 @@
 # Everything inferd does on a GPU box in one go: GPU tests, benchmarks, and the HF transformers peer.
 # Results land in $OUT (default ./gpu-results). Run from the repository root:
 #   ../shared/device/stage-wheels.sh   # (here) stage the server wheels the GPU image lacks into .whl/
-#   bash benchmarks/gpu_run.sh [tests|bench|big|peer|gemv|tp|dp|all]   (tp and dp need two GPUs)
+#   bash benchmarks/gpu_run.sh [tests|bench|big|peer|gemv|skinny-ab|tp|dp|all]   (tp and dp need two GPUs)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
@@ -57,6 +57,12 @@ fi
 if [[ $MODE == peer || $MODE == all ]]; then
   timeout 200 python3 benchmarks/hf_peer.py latency $CFG 2>&1 | tail -1 | tee "$OUT/hf_latency.json"
   timeout 300 python3 benchmarks/hf_peer.py throughput $CFG --num-prompts 64 2>&1 | tail -1 | tee "$OUT/hf_throughput.json"
+fi
+if [[ $MODE == skinny-ab ]]; then  # batch-1/8 latency with the skinny-GEMM kernel off, then on
+  for sk in 0 1; do
+    INFERD_SKINNY_GEMM=$sk timeout 200 python3 -m inferd bench latency $CFG "${COMMON[@]}" --batch-size 1 8 32 \
+      --output-json "$OUT/latency_skinny$sk.json" 2>&1 | tee "$OUT/latency_skinny$sk.log" | grep -E "latency:|Error|error"
+  done
 fi
 if [[ $MODE == gemv || $MODE == all ]]; then
   timeout 120 python3 benchmarks/gemv_bench.py --output-json "$OUT/gemv.json" 2>&1 | tee "$OUT/gemv.log" | tail -30

@@ -1,8 +1,8 @@
 """The kernels every layer calls. The backend is chosen here, once per process, by the model runner
 (:func:`select_backend`); call sites never branch on it.
 
-Each function has the contract written in ``kernels/reference.py``; ``triton_attention.py`` / ``triton_ops.py``
-implement the same signatures for CUDA GPUs.
+Each function has the contract written in ``kernels/reference.py``; ``triton_attention.py`` / ``triton_ops.py`` /
+``triton_gemv.py`` implement the same signatures for CUDA GPUs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _NAMES = (
     "fused_add_rms_norm",
     "silu_and_mul",
     "rotary_embedding",
+    "linear",
 )
 
 store_kv_cache = reference.store_kv_cache
@@ -27,6 +28,7 @@ rms_norm = reference.rms_norm
 fused_add_rms_norm = reference.fused_add_rms_norm
 silu_and_mul = reference.silu_and_mul
 rotary_embedding = reference.rotary_embedding
+linear = reference.linear
 backend = "torch"
 
 
@@ -34,16 +36,20 @@ def select_backend(device_type: str) -> str:
     """Use the Triton kernels on CUDA and the pure-torch ones elsewhere.
 
     ``INFERD_KERNEL_BACKEND=torch`` forces the pure-torch kernels (e.g. to compare against them on a GPU).
+    With Triton, ``linear`` sends CUDA batches of at most 16 rows to the skinny GEMM and the rest to cuBLAS;
+    ``INFERD_SKINNY_GEMM=0`` keeps every ``linear`` on cuBLAS.
     """
     global backend
     wanted = os.environ.get("INFERD_KERNEL_BACKEND", "auto").lower()
     if wanted not in ("auto", "torch", "triton"):
         raise ValueError(f"INFERD_KERNEL_BACKEND must be auto, torch or triton; got {wanted!r}.")
     if wanted == "triton" or (wanted == "auto" and device_type == "cuda"):
-        from inferd.kernels import triton_attention, triton_ops
+        from inferd.kernels import triton_attention, triton_gemv, triton_ops
 
         _install(triton_attention, ("store_kv_cache", "paged_attention"))
         _install(triton_ops, ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding"))
+        skinny = os.environ.get("INFERD_SKINNY_GEMM", "1") != "0"
+        globals()["linear"] = triton_gemv.dispatch_linear if skinny else reference.linear
         backend = "triton"
     else:
         _install(reference, _NAMES)
@@ -58,6 +64,7 @@ def _install(module: ModuleType, names: tuple[str, ...]) -> None:
 
 __all__ = [
     "fused_add_rms_norm",
+    "linear",
     "paged_attention",
     "rms_norm",
     "rotary_embedding",

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "fused_add_rms_norm",
+    "linear",
     "paged_attention",
     "rms_norm",
     "rotary_embedding",
@@ -151,3 +152,8 @@ def rotary_embedding(
     cos_sin = cos_sin_cache.index_select(0, positions.long())  # [num_tokens, rot_dim]
     cos, sin = cos_sin.float().unsqueeze(1).chunk(2, dim=-1)  # [num_tokens, 1, rot_dim // 2] each
     return _rotate(query, cos, sin, is_neox), _rotate(key, cos, sin, is_neox)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias``: x [M, K], weight [N, K], bias [N] or None -> [M, N] in ``x.dtype`` (``F.linear``)."""
+    return F.linear(x, weight, bias)

@@ -11,9 +11,9 @@ A fused parameter carries ``param.shard_ids``: the shard ids it must receive bef
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from inferd import kernels
 from inferd.distributed.parallel_state import (
     divide_for_tp,
     kv_head_start,
@@ -91,7 +91,7 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [num_tokens, input_size] -> [num_tokens, output_size]."""
-        return F.linear(x, self.weight, self.bias)
+        return kernels.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (
@@ -143,8 +143,8 @@ class RowLinear(LinearBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [num_tokens, input_size / tp] -> [num_tokens, output_size]."""
         if self.tp_size == 1:
-            return F.linear(x, self.weight, self.bias)
-        out = tp_all_reduce(F.linear(x, self.weight))  # [num_tokens, output_size]
+            return kernels.linear(x, self.weight, self.bias)
+        out = tp_all_reduce(kernels.linear(x, self.weight))  # [num_tokens, output_size]
         return out if self.bias is None else out + self.bias
 
 

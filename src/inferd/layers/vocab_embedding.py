@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inferd import kernels
 from inferd.distributed.parallel_state import tp_all_gather, tp_all_reduce, tp_rank, tp_size
 from inferd.layers.linear import check_shape
 
@@ -80,8 +81,8 @@ class LMHead(_VocabShard):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return F.linear(hidden_states, self.weight).float()
-        local = F.linear(hidden_states, self.weight)  # [num_tokens, part]
+            return kernels.linear(hidden_states, self.weight).float()
+        local = kernels.linear(hidden_states, self.weight)  # [num_tokens, part]
         logits = tp_all_gather(local, dim=-1)  # [num_tokens, tp * part]
         return logits[..., : self.num_embeddings].float().contiguous()
 

@@ -1,0 +1,237 @@
+"""The skinny GEMM (``triton_gemv.linear``) computes ``F.linear`` for 1..16 rows, and ``kernels.linear`` dispatches.
+
+On CPU the kernel runs through ``TRITON_INTERPRET=1`` in float32 (relative error <= 1e-4) and float16 (the
+interpreter's bfloat16 ``tl.dot`` is wrong, so bf16 is checked on the GPU only); on a GPU in bf16 at every linear
+shape of Qwen3-0.6B, Qwen3-8B and Llama-3.1-8B (also at tensor parallel 2) with relative error <= 1e-2. Every float
+buffer the kernel allocates starts as NaN, so an unwritten output element fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ.setdefault(
+        "TRITON_INTERPRET", "1"
+    )  # before the kernel module defines its @triton.jit functions
+
+from inferd import kernels
+from inferd.kernels import reference, triton_gemv
+from inferd.kernels.triton_gemv import GemvConfig
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_CUDA = torch.cuda.is_available()
+needs_interpreter = pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+
+_LAYERS = {  # model -> (qkv, o, gate_up, down, lm_head) as (K, N)
+    "qwen3-0.6b": ((1024, 4096), (2048, 1024), (1024, 6144), (3072, 1024), (1024, 151936)),
+    "qwen3-8b": ((4096, 6144), (4096, 4096), (4096, 24576), (12288, 4096), (4096, 151936)),
+    "llama-3.1-8b": ((4096, 6144), (4096, 4096), (4096, 28672), (14336, 4096), (4096, 128256)),
+}
+_COLUMN = (True, False, True, False, True)  # tensor parallel splits N of column layers and K of row layers
+
+
+def _model_shapes() -> list[tuple[int, int]]:
+    shapes: dict[tuple[int, int], None] = {}
+    for layers in _LAYERS.values():
+        for (k, n), column in zip(layers, _COLUMN, strict=True):
+            shapes[(k, n)] = None
+            shapes[(k, n // 2) if column else (k // 2, n)] = None
+    return list(shapes)
+
+
+MODEL_SHAPES = _model_shapes()
+ODD_SHAPES = [
+    (1000, 1000),
+    (1040, 4100),
+    (4100, 333),
+    (3000, 130),
+    (200, 70000),
+    (3088, 1024),
+]  # K, N off the blocks
+
+
+@pytest.fixture(autouse=True)
+def poisoned_allocations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fill every floating-point tensor from torch.empty with NaN."""
+    empty = torch.empty
+
+    def poison(t: torch.Tensor) -> torch.Tensor:
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not torch.isnan(out).any(), "NaN in the output"
+    assert out.shape == ref.shape
+    diff = (out.double() - ref.double()).norm()
+    return (diff / ref.double().norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(
+    m: int, k: int, n: int, dtype: torch.dtype, device: str, bias: bool, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(m, k, generator=g, device=device).to(dtype)  # [M, K]
+    w = (torch.randn(n, k, generator=g, device=device) * k**-0.5).to(dtype)  # [N, K]
+    b = torch.randn(n, generator=g, device=device).to(dtype) if bias else None  # [N]
+    return x, w, b
+
+
+def oracle(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """F.linear in float64 on the (already rounded) inputs."""
+    return F.linear(x.double(), w.double(), b.double() if b is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------- CPU (interpreter)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("n", [48, 130])
+@pytest.mark.parametrize("k", [64, 192])
+@pytest.mark.parametrize("m", [1, 3, 8, 16])
+def test_linear_matches_reference_fp32(m: int, k: int, n: int, bias: bool) -> None:
+    x, w, b = make_inputs(m, k, n, torch.float32, "cpu", bias)
+    out = triton_gemv.linear(x, w, b)
+    assert out.dtype == torch.float32 and out.shape == (m, n)
+    assert rel_err(out, reference.linear(x, w, b)) <= 1e-4
+
+
+@needs_interpreter
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        GemvConfig(use_dot=False, block_n=16, block_k=64, num_warps=4, num_stages=3, k_split=128),
+        GemvConfig(use_dot=False, block_n=8, block_k=64, num_warps=4, num_stages=1, k_split=64),
+        GemvConfig(use_dot=True, block_n=16, block_k=64, num_warps=4, num_stages=2, k_split=128),
+        GemvConfig(use_dot=True, block_n=32, block_k=32, num_warps=4, num_stages=3),
+        GemvConfig(use_dot=True, block_n=16, block_k=16, num_warps=4, num_stages=2, k_split=16),
+    ],
+    ids=lambda c: c.describe(200).replace(" ", "-"),
+)
+@pytest.mark.parametrize("m", [1, 5])
+def test_split_k_and_ragged_tiles(cfg: GemvConfig, m: int) -> None:
+    """K = 200 leaves a partial last K chunk (and a short last split); N = 70 a partial last column tile;
+    up to 13 splits (the reduction's split tile is masked)."""
+    x, w, b = make_inputs(m, 200, 70, torch.float32, "cpu", bias=True, seed=m)
+    assert rel_err(triton_gemv.launch(x, w, b, cfg), oracle(x, w, b)) <= 1e-4
+
+
+@needs_interpreter
+@pytest.mark.parametrize("m", [1, 4])
+def test_fp16_and_strided_rows(m: int) -> None:
+    x_wide, w, b = make_inputs(m, 256, 96, torch.float16, "cpu", bias=True)
+    x = x_wide[:, :160]  # row stride 256: a view, not a copy
+    out = triton_gemv.linear(x, w[:, :160], b)
+    assert out.dtype == torch.float16
+    assert rel_err(out, oracle(x, w[:, :160], b)) <= 2e-3
+
+
+def test_pick_config_splits_k_only_for_narrow_outputs() -> None:
+    sms = 132
+    narrow = triton_gemv.pick_config(1, 1024, 2048, torch.bfloat16, sms)  # o_proj of Qwen3-0.6B
+    wide = triton_gemv.pick_config(1, 151936, 1024, torch.bfloat16, sms)  # lm_head
+    assert narrow.split_k(2048) > 1 and narrow.k_split % narrow.block_k == 0
+    assert wide.split_k(1024) == 1
+    for m in (2, 8, 16):
+        cfg = triton_gemv.pick_config(m, 4096, 1024, torch.bfloat16, sms)
+        assert cfg.use_dot and cfg.block_n >= 16
+        assert (4096 // cfg.block_n) * cfg.split_k(1024) >= sms
+
+
+def test_linear_rejects_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="weight"):
+        triton_gemv.linear(torch.zeros(2, 8), torch.zeros(4, 9))
+    with pytest.raises(ValueError, match="bias"):
+        triton_gemv.linear(torch.zeros(2, 8), torch.zeros(4, 8), torch.zeros(5))
+    with pytest.raises(ValueError, match="at most 16"):
+        triton_gemv.linear(torch.zeros(17, 8), torch.zeros(4, 8))
+    too_many_splits = GemvConfig(use_dot=False, block_n=8, block_k=16, num_warps=4, num_stages=1, k_split=16)
+    with pytest.raises(ValueError, match="splits"):
+        triton_gemv.launch(torch.zeros(1, 16 * 65), torch.zeros(4, 16 * 65), None, too_many_splits)
+
+
+def test_dispatch_falls_back_to_f_linear_off_cuda() -> None:
+    x, w, b = make_inputs(4, 64, 48, torch.float32, "cpu", bias=True)
+    assert torch.equal(triton_gemv.dispatch_linear(x, w, b), F.linear(x, w, b))
+
+
+@pytest.mark.parametrize("flag", ["1", "0"])
+def test_select_backend_installs_linear(monkeypatch: pytest.MonkeyPatch, flag: str) -> None:
+    monkeypatch.setenv("INFERD_KERNEL_BACKEND", "triton")
+    monkeypatch.setenv("INFERD_SKINNY_GEMM", flag)
+    try:
+        kernels.select_backend("cuda")
+        expected = triton_gemv.dispatch_linear if flag == "1" else reference.linear
+        assert kernels.linear is expected
+    finally:
+        monkeypatch.delenv("INFERD_KERNEL_BACKEND")
+        kernels.select_backend("cpu")
+    assert kernels.linear is reference.linear
+
+
+# ---------------------------------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("shape", MODEL_SHAPES, ids=lambda s: f"K{s[0]}-N{s[1]}")
+def test_model_shapes_bf16(shape: tuple[int, int], m: int) -> None:
+    k, n = shape
+    x, w, _ = make_inputs(m, k, n, torch.bfloat16, "cuda", bias=False, seed=m)
+    out = triton_gemv.linear(x, w)
+    assert out.dtype == torch.bfloat16
+    ref = x.float() @ w.float().T  # [M, N]
+    assert rel_err(out, ref) <= 1e-2
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 3, 8, 16])
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: f"K{s[0]}-N{s[1]}")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_odd_shapes_with_bias(shape: tuple[int, int], m: int, dtype: torch.dtype) -> None:
+    k, n = shape
+    x, w, b = make_inputs(m, k, n, dtype, "cuda", bias=True, seed=k + m)
+    out = triton_gemv.linear(x, w, b)
+    assert out.dtype == dtype
+    assert rel_err(out, oracle(x, w, b)) <= (1e-4 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 8])
+@pytest.mark.parametrize("shape", [(2048, 1024), (1024, 4096)], ids=["split-k", "no-split"])
+def test_replays_in_a_cuda_graph(shape: tuple[int, int], m: int) -> None:
+    k, n = shape
+    x, w, b = make_inputs(m, k, n, torch.bfloat16, "cuda", bias=True)
+    static_x = x.clone()
+    triton_gemv.linear(static_x, w, b)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = triton_gemv.linear(static_x, w, b)
+    for seed in range(2):
+        static_x.copy_(make_inputs(m, k, n, torch.bfloat16, "cuda", bias=False, seed=seed + 1)[0])
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out, oracle(static_x, w, b)) <= 1e-2
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_dispatch_on_cuda() -> None:
+    x, w, b = make_inputs(17, 1024, 512, torch.bfloat16, "cuda", bias=True)
+    assert torch.equal(triton_gemv.dispatch_linear(x, w, b), F.linear(x, w, b))  # 17 rows: cuBLAS
+    assert torch.equal(triton_gemv.dispatch_linear(x[:4], w, b), triton_gemv.linear(x[:4], w, b))
+    xt = x[:4].t().contiguous().t()  # non-contiguous rows: cuBLAS
+    assert torch.equal(triton_gemv.dispatch_linear(xt, w, b), F.linear(xt, w, b))
+    assert rel_err(triton_gemv.dispatch_linear(x[:4], w, b), oracle(x[:4], w, b)) <= 1e-2
