@@ -20,23 +20,28 @@ CONFIG = Path(__file__).resolve().parents[2] / "benchmarks" / "model-configs" / 
 
 @pytest.fixture(scope="module")
 def qwen3_06b_random(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Qwen3-0.6B-shaped checkpoint (float32 safetensors) with random weights, written without building the
+    HF model on a device: names and shapes come from a meta-device instance."""
+    from safetensors.torch import save_file
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     path = tmp_path_factory.mktemp("qwen3-0.6b-random")
     cfg = Qwen3Config(**{k: v for k, v in json.loads(CONFIG.read_text()).items() if k != "architectures"})
+    cfg.architectures = ["Qwen3ForCausalLM"]
     cfg.torch_dtype = "float32"
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen3ForCausalLM(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.uniform_(0.8, 1.2)
-            else:
-                p.normal_(0.0, 0.05)
-    model.to(torch.float32).save_pretrained(path)
-    del model
-    torch.cuda.empty_cache()
+    with torch.device("meta"):
+        shapes = {name: tuple(p.shape) for name, p in Qwen3ForCausalLM(cfg).named_parameters()}
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    tensors = {}
+    for name, shape in shapes.items():
+        t = torch.empty(shape, dtype=torch.float32, device="cuda")
+        if "norm" in name:
+            t.uniform_(0.8, 1.2, generator=gen)
+        else:
+            t.normal_(0.0, 0.05, generator=gen)
+        tensors[name] = t.cpu()
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    cfg.save_pretrained(path)
     return path
 
 

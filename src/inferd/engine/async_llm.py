@@ -12,6 +12,7 @@ from typing import Any
 from inferd.config import EngineArgs, EngineConfig
 from inferd.engine.core_client import EngineCoreClient, EngineDeadError
 from inferd.engine.core_types import EngineCoreOutputs, SchedulerStats
+from inferd.engine.dp_client import DPEngineCoreClient
 from inferd.engine.input_processor import InputProcessor
 from inferd.engine.output_processor import OutputProcessor
 from inferd.engine.stats import StatLoggerBase
@@ -30,7 +31,7 @@ class AsyncLLM:
         self,
         config: EngineConfig,
         input_processor: InputProcessor,
-        client: EngineCoreClient,
+        client: EngineCoreClient | DPEngineCoreClient,
         stat_loggers: list[StatLoggerBase],
     ) -> None:
         self.config = config
@@ -51,13 +52,18 @@ class AsyncLLM:
     async def create(
         cls, engine_args: EngineArgs, stat_loggers: list[StatLoggerBase] | None = None
     ) -> AsyncLLM:
-        """Resolve the config, load the tokenizer and start the engine-core process; returns once it is ready.
+        """Resolve the config, load the tokenizer and start the engine-core process (one per data-parallel replica);
+        returns once it is (they all are) ready.
 
-        Raises ValueError for engine arguments or models it cannot serve.
+        Raises ValueError for engine arguments or models it cannot serve, or too few GPUs for the replicas.
         """
         # The engine process starts at once and resolves the same arguments itself, so its imports and model
         # load overlap with this process's config and tokenizer work (a faster cold start).
-        client = EngineCoreClient(engine_args)
+        client: EngineCoreClient | DPEngineCoreClient
+        if engine_args.data_parallel_size > 1:
+            client = await asyncio.to_thread(DPEngineCoreClient.start, engine_args)
+        else:
+            client = EngineCoreClient(engine_args)
         try:
             config = await asyncio.to_thread(engine_args.create_engine_config)
             input_processor = await asyncio.to_thread(InputProcessor, config.model_config)
@@ -65,13 +71,20 @@ class AsyncLLM:
         except BaseException:
             client.shutdown()
             raise
-        logger.info("Engine ready: %d KV blocks", info.get("num_blocks", 0))
+        if isinstance(client, DPEngineCoreClient):
+            logger.info(
+                "Engine ready: %d data-parallel replicas, %s KV blocks",
+                len(client.clients),
+                " + ".join(str(i.get("num_blocks", 0)) for i in info["engines"]),
+            )
+        else:
+            logger.info("Engine ready: %d KV blocks", info.get("num_blocks", 0))
         return cls(config, input_processor, client, list(stat_loggers or []))
 
     # ------------------------------------------------------------------ state
     @property
     def errored(self) -> bool:
-        return self._dead_reason is not None or self._client.dead or not self._client.process.is_alive()
+        return self._dead_reason is not None or self._client.dead or not self._client.is_alive()
 
     @property
     def num_unfinished_requests(self) -> int:
@@ -100,8 +113,7 @@ class AsyncLLM:
             request_id, prompt, token_ids, params, self.input_processor.eos_token_id, time.time()
         )
         self._queues[request_id] = queue
-        for core_request in core_requests:
-            self._client.add_request(core_request)
+        self._client.add_requests(core_requests)
         finished = False
         try:
             while not finished:

@@ -29,12 +29,27 @@ class EngineDeadError(RuntimeError):
 
 
 def run_engine_core(
-    config: EngineConfig | EngineArgs, in_conn: Connection, out_conn: Connection, log_level: int
+    config: EngineConfig | EngineArgs,
+    in_conn: Connection,
+    out_conn: Connection,
+    log_level: int,
+    env: dict[str, str] | None = None,
 ) -> None:
-    """Entry point of the engine-core process; resolves EngineArgs itself when given them."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [core] %(name)s: %(message)s")
+    """Entry point of the engine-core process; resolves EngineArgs itself when given them.
+
+    ``env`` is applied to ``os.environ`` first, before anything initialises CUDA (a data-parallel replica's
+    ``CUDA_VISIBLE_DEVICES``, or ``OMP_NUM_THREADS`` for its share of the CPU cores).
+    """
+    if env:
+        os.environ.update(env)
+    tag = multiprocessing.current_process().name.removeprefix("inferd-engine-")
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{tag}] %(name)s: %(message)s")
     parent = os.getppid()
     try:
+        if env and "OMP_NUM_THREADS" in env:
+            import torch
+
+            torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
         from inferd.engine.engine_core import EngineCore
 
         if isinstance(config, EngineArgs):
@@ -43,8 +58,8 @@ def run_engine_core(
     except Exception as e:  # report load failures (bad weights, too little memory) to the frontend
         out_conn.send(("error", f"{type(e).__name__}: {e}"))
         return
-    out_conn.send(("ready", {"num_blocks": core.num_blocks}))
     try:
+        out_conn.send(("ready", {"num_blocks": core.num_blocks}))
         while True:
             if not core.has_unfinished_requests():
                 while not in_conn.poll(1.0):
@@ -82,19 +97,29 @@ def run_engine_core(
     except Exception:
         out_conn.send(("error", traceback.format_exc()))
         raise
+    finally:
+        core.shutdown()
 
 
 class EngineCoreClient:
-    """Starts the engine-core process and exchanges messages with it from any thread."""
+    """Starts the engine-core process and exchanges messages with it from any thread.
 
-    def __init__(self, config: EngineConfig | EngineArgs) -> None:
+    ``env`` holds environment variables for that process only (see :func:`run_engine_core`).
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig | EngineArgs,
+        env: dict[str, str] | None = None,
+        name: str = "inferd-engine-core",
+    ) -> None:
         ctx = multiprocessing.get_context("spawn")
         core_in_recv, self._in_send = ctx.Pipe(duplex=False)
         self._out_recv, core_out_send = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=run_engine_core,
-            args=(config, core_in_recv, core_out_send, logging.getLogger("inferd").getEffectiveLevel()),
-            name="inferd-engine-core",
+            args=(config, core_in_recv, core_out_send, logging.getLogger("inferd").getEffectiveLevel(), env),
+            name=name,
             daemon=True,
         )
         self.process.start()
@@ -105,6 +130,7 @@ class EngineCoreClient:
         self._receiver: threading.Thread | None = None
         self.dead = False
         self.error: str | None = None
+        self._closing = False
 
     def wait_ready(self) -> dict[str, Any]:
         """Block until the core has loaded the model; raises ValueError/EngineDeadError if it could not."""
@@ -130,14 +156,14 @@ class EngineCoreClient:
                 try:
                     kind, payload = self._out_recv.recv()
                 except (EOFError, OSError):
-                    if not self.dead:
+                    if not self.dead and not self._closing:
                         self.dead = True
                         self.error = self.error or f"engine process exited (code {self.process.exitcode})"
                         on_dead(self.error)
                     return
                 if kind == "outputs":
                     on_outputs(payload)
-                elif kind == "error":
+                elif kind == "error" and not self._closing:
                     self.dead = True
                     self.error = payload
                     logger.error("Engine core failed:\n%s", payload)
@@ -157,19 +183,33 @@ class EngineCoreClient:
             except (BrokenPipeError, OSError):
                 return
 
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
     def add_request(self, request: EngineCoreRequest) -> None:
         self._send_queue.put(("add", request))
+
+    def add_requests(self, requests: list[EngineCoreRequest]) -> None:
+        """The core requests of one user request (its n children)."""
+        for request in requests:
+            self._send_queue.put(("add", request))
 
     def abort_requests(self, req_ids: list[str]) -> None:
         if req_ids:
             self._send_queue.put(("abort", list(req_ids)))
 
     def shutdown(self, timeout: float = 5.0) -> None:
+        """Stop the process: ask it to exit (once ready), else terminate it; its exit is not reported as a death."""
+        self._closing = True
         if self.process.is_alive():
-            self._send_queue.put(("shutdown", None))
-            self._send_queue.put(None)
-            self.process.join(timeout)
+            if self._sender.is_alive():
+                self._send_queue.put(("shutdown", None))
+                self._send_queue.put(None)
+                self.process.join(timeout)
             if self.process.is_alive():
                 self.process.terminate()
+                self.process.join(timeout)
+            if self.process.is_alive():
+                self.process.kill()
                 self.process.join(timeout)
         self.dead = True

@@ -1,10 +1,12 @@
-"""Synchronous engine for offline use: input processing, the engine core in-process, output processing."""
+"""Synchronous engine for offline use: input processing, the engine core in-process (or one engine-core process
+per data-parallel replica), output processing."""
 
 from __future__ import annotations
 
 import time
 
-from inferd.config import EngineArgs, EngineConfig
+from inferd.config import EngineArgs, EngineConfig, ParallelConfig
+from inferd.engine.dp_client import DPEngineCoreClient, SyncDPClient
 from inferd.engine.engine_core import EngineCore
 from inferd.engine.input_processor import InputProcessor
 from inferd.engine.output_processor import OutputProcessor
@@ -13,19 +15,46 @@ from inferd.sampling_params import SamplingParams
 
 
 class LLMEngine:
-    """Drives an in-process EngineCore. ``step()`` returns the RequestOutputs produced by one engine step."""
+    """Drives an in-process EngineCore, or with ``data_parallel_size > 1`` one engine-core process per replica
+    (also with tensor parallelism, so that a dead worker process raises EngineDeadError here instead of ending
+    the caller's process).
 
-    def __init__(self, config: EngineConfig) -> None:
+    ``step()`` returns the RequestOutputs produced by one engine step (with replicas: by whatever they sent since
+    the last call, waiting for at least one). ``shutdown()`` stops the engine's processes; with replicas that also
+    happens when the engine is garbage-collected or at interpreter exit.
+    """
+
+    def __init__(self, config: EngineConfig, dp_client: DPEngineCoreClient | None = None) -> None:
         self.config = config
         self.model_config = config.model_config
-        self.input_processor = InputProcessor(config.model_config)
+        self.engine_core: EngineCore | SyncDPClient
+        if _needs_processes(config.parallel_config) or dp_client is not None:
+            client = dp_client if dp_client is not None else DPEngineCoreClient.start(config)
+            try:
+                self.input_processor = InputProcessor(config.model_config)
+                client.wait_ready()
+            except BaseException:
+                client.shutdown()
+                raise
+            self.engine_core = SyncDPClient(client)
+        else:
+            self.input_processor = InputProcessor(config.model_config)
+            self.engine_core = EngineCore(config)
         self.tokenizer = self.input_processor.tokenizer
         self.output_processor = OutputProcessor(self.tokenizer)
-        self.engine_core = EngineCore(config)
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> LLMEngine:
-        return cls(engine_args.create_engine_config())
+        if engine_args.data_parallel_size == 1 and engine_args.tensor_parallel_size == 1:
+            return cls(engine_args.create_engine_config())
+        # The replicas start at once and resolve the arguments themselves, in parallel with this process.
+        client = DPEngineCoreClient.start(engine_args)
+        try:
+            config = engine_args.create_engine_config()
+        except BaseException:
+            client.shutdown()
+            raise
+        return cls(config, client)
 
     def add_request(
         self,
@@ -44,8 +73,11 @@ class LLMEngine:
             self.input_processor.eos_token_id,
             time.time() if arrival_time is None else arrival_time,
         )
-        for core_request in core_requests:
-            self.engine_core.add_request(core_request)
+        if isinstance(self.engine_core, SyncDPClient):
+            self.engine_core.add_requests(core_requests)  # n children stay on one replica
+        else:
+            for core_request in core_requests:
+                self.engine_core.add_request(core_request)
 
     def abort_request(self, request_ids: list[str]) -> None:
         child_ids = self.output_processor.abort_requests(request_ids)
@@ -66,3 +98,11 @@ class LLMEngine:
             request_id, error = next(iter(processed.failed.items()))
             raise RuntimeError(f"Processing the outputs of request {request_id} failed: {error!r}") from error
         return processed.request_outputs
+
+    def shutdown(self) -> None:
+        """Stop the engine core's processes (tensor-parallel workers, data-parallel replicas); idempotent."""
+        self.engine_core.shutdown()
+
+
+def _needs_processes(parallel_config: ParallelConfig) -> bool:
+    return parallel_config.data_parallel_size > 1 or parallel_config.tensor_parallel_size > 1

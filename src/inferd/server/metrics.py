@@ -1,7 +1,8 @@
 """Prometheus metrics with vLLM's names under the ``inferd:`` prefix (dashboards port with a rename).
 
 Counters appear in the text format with prometheus_client's ``_total`` suffix, as vLLM's do
-(``inferd:prompt_tokens_total``).
+(``inferd:prompt_tokens_total``). The scheduler's metrics (requests running / waiting, KV usage, prefix cache,
+preemptions) carry an ``engine`` label too, the data-parallel replica ("0" without data parallelism), as vLLM's do.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class PrometheusStatLogger:
         reg = self.registry
 
         def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, labels, registry=reg)
+            return Gauge(name, doc, [*labels, "engine"], registry=reg)
 
         def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
             return Counter(name, doc, [*labels, *extra], registry=reg)
@@ -63,21 +64,17 @@ class PrometheusStatLogger:
         m = model_name
         self.num_requests_running = gauge(
             "inferd:num_requests_running", "Requests in model execution batches."
-        ).labels(m)
-        self.num_requests_waiting = gauge(
-            "inferd:num_requests_waiting", "Requests waiting to be processed."
-        ).labels(m)
-        self.kv_cache_usage = gauge(
-            "inferd:kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent."
-        ).labels(m)
+        )
+        self.num_requests_waiting = gauge("inferd:num_requests_waiting", "Requests waiting to be processed.")
+        self.kv_cache_usage = gauge("inferd:kv_cache_usage_perc", "KV-cache usage; 1 means 100 percent.")
         self.prefix_cache_queries = counter(
-            "inferd:prefix_cache_queries", "Prefix-cache queries, in tokens looked up."
-        ).labels(m)
+            "inferd:prefix_cache_queries", "Prefix-cache queries, in tokens looked up.", ("engine",)
+        )
         self.prefix_cache_hits = counter(
-            "inferd:prefix_cache_hits", "Prefix-cache hits, in tokens found."
-        ).labels(m)
-        self.num_preemptions = counter("inferd:num_preemptions", "Cumulative number of preemptions.").labels(
-            m
+            "inferd:prefix_cache_hits", "Prefix-cache hits, in tokens found.", ("engine",)
+        )
+        self.num_preemptions = counter(
+            "inferd:num_preemptions", "Cumulative number of preemptions.", ("engine",)
         )
         self.prompt_tokens = counter("inferd:prompt_tokens", "Prefill tokens processed.").labels(m)
         self.generation_tokens = counter("inferd:generation_tokens", "Generation tokens processed.").labels(m)
@@ -108,10 +105,10 @@ class PrometheusStatLogger:
             "The max_tokens parameter of finished requests.",
             token_buckets,
         ).labels(m)
-        # SchedulerStats carries cumulative counts; counters advance by the difference.
-        self._last_queries = 0
-        self._last_hits = 0
-        self._last_preemptions = 0
+        # SchedulerStats carries cumulative counts; counters advance by the difference (per engine).
+        self._last: dict[tuple[Counter, str], int] = {}
+        for metric in self._engine_metrics():
+            metric.labels(m, "0")  # present (at 0) before the first stats arrive
 
     def record(self, scheduler_stats: SchedulerStats | None, iteration_stats: IterationStats | None) -> None:
         """Update the metrics from one batch of engine outputs (cheap, never blocks)."""
@@ -137,22 +134,37 @@ class PrometheusStatLogger:
                 self.request_max_tokens.observe(fin.max_tokens_param)
 
     def record_scheduler_stats(self, stats: SchedulerStats) -> None:
-        self.num_requests_running.set(stats.num_running_reqs)
-        self.num_requests_waiting.set(stats.num_waiting_reqs)
-        self.kv_cache_usage.set(stats.kv_cache_usage)
-        self._last_queries = self._advance(
-            self.prefix_cache_queries, self._last_queries, stats.prefix_cache_queries
-        )
-        self._last_hits = self._advance(self.prefix_cache_hits, self._last_hits, stats.prefix_cache_hits)
-        self._last_preemptions = self._advance(
-            self.num_preemptions, self._last_preemptions, stats.num_preemptions
+        """Stats with an ``engines`` list (the data-parallel client's aggregate) are recorded per replica,
+        labelled ``engine="<index>"``; plain stats as ``engine="0"``."""
+        per_engine: list[SchedulerStats] = getattr(stats, "engines", None) or [stats]
+        m = self._model_name
+        for index, s in enumerate(per_engine):
+            engine = str(index)
+            self.num_requests_running.labels(m, engine).set(s.num_running_reqs)
+            self.num_requests_waiting.labels(m, engine).set(s.num_waiting_reqs)
+            self.kv_cache_usage.labels(m, engine).set(s.kv_cache_usage)
+            self._advance(self.prefix_cache_queries, engine, s.prefix_cache_queries)
+            self._advance(self.prefix_cache_hits, engine, s.prefix_cache_hits)
+            self._advance(self.num_preemptions, engine, s.num_preemptions)
+
+    def _engine_metrics(self) -> tuple[Gauge | Counter, ...]:
+        return (
+            self.num_requests_running,
+            self.num_requests_waiting,
+            self.kv_cache_usage,
+            self.prefix_cache_queries,
+            self.prefix_cache_hits,
+            self.num_preemptions,
         )
 
-    @staticmethod
-    def _advance(counter: Counter, last: int, current: int) -> int:
+    def _advance(self, counter: Counter, engine: str, current: int) -> None:
+        key = (counter, engine)
+        last = self._last.get(key, 0)
         if current > last:
-            counter.inc(current - last)
-        return current  # a smaller value means the engine restarted its count: follow it from there
+            counter.labels(self._model_name, engine).inc(current - last)
+        self._last[key] = (
+            current  # a smaller value means the engine restarted its count: follow it from there
+        )
 
     def render(self) -> bytes:
         """The registry in Prometheus' text exposition format."""
