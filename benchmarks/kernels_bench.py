@@ -7,6 +7,8 @@ cost) and, for the Triton kernels, also as a replayed CUDA graph (``do_bench_cud
 the engine's decode graphs; attention replays one batch per "layer" over enough KV caches to overflow the L2).
 ``roof`` is the bytes each kernel must move over ``--bandwidth`` (default 3.0 TB/s, a measured H100 device copy);
 prefill attention is compute-bound, so its roof says little. ``--sweep`` times a grid of attention launch configs.
+``qk_norm_rope_store`` (the fused attention prologue) is compared with ``qk_prologue_separate``: the q/k
+``rms_norm`` + ``rotary_embedding`` + ``store_kv_cache`` launches (and reshape copies) it replaces.
 Prints one table; needs a CUDA GPU.
 """
 
@@ -23,7 +25,7 @@ import torch
 import triton
 import triton.testing
 
-from inferd.kernels import reference, triton_attention, triton_ops
+from inferd.kernels import reference, triton_attention, triton_fused, triton_ops
 
 HIDDEN, NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, INTERMEDIATE = 1024, 16, 8, 128, 3072  # Qwen3-0.6B
 DTYPE = torch.bfloat16
@@ -202,6 +204,58 @@ def elementwise_rows(bandwidth: float) -> list[Row]:
     return rows
 
 
+def fused_qk_rows(block_size: int, bandwidth: float) -> list[Row]:
+    """The fused attention prologue vs the separate kernels it replaces, at T=1 (decode) and T=256."""
+    rows = []
+    max_pos, eps, num_blocks = 4096, 1e-6, 4096
+    q_size, kv_size = NUM_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM
+    inv_freq = 1.0 / 1e6 ** (torch.arange(0, HEAD_DIM, 2, device="cuda").float() / HEAD_DIM)
+    angles = torch.arange(max_pos, device="cuda").float()[:, None] * inv_freq[None, :]
+    cos_sin = torch.cat((angles.cos(), angles.sin()), dim=-1)
+    q_w = torch.randn(HEAD_DIM, dtype=DTYPE, device="cuda")
+    k_w = torch.randn(HEAD_DIM, dtype=DTYPE, device="cuda")
+    k_cache = torch.zeros(num_blocks, block_size, NUM_KV_HEADS, HEAD_DIM, dtype=DTYPE, device="cuda")
+    v_cache = torch.zeros_like(k_cache)
+    for t in (1, 256):
+        qkv = torch.randn(t, q_size + 2 * kv_size, dtype=DTYPE, device="cuda")
+        pos = torch.randint(0, max_pos, (t,), device="cuda")
+        slots = torch.randperm(num_blocks * block_size, device="cuda")[:t]
+        args = (
+            qkv,
+            pos,
+            cos_sin,
+            q_w,
+            k_w,
+            eps,
+            k_cache,
+            v_cache,
+            slots,
+            NUM_HEADS,
+            NUM_KV_HEADS,
+            HEAD_DIM,
+            True,
+        )
+
+        def separate(qkv: torch.Tensor = qkv, pos: torch.Tensor = pos, slots: torch.Tensor = slots) -> None:
+            q, k, v = qkv.split(
+                [q_size, kv_size, kv_size], dim=-1
+            )  # DecoderAttention + Attention before fusing
+            q = triton_ops.rms_norm(q.reshape(-1, HEAD_DIM), q_w, eps).view(-1, NUM_HEADS, HEAD_DIM)
+            k = triton_ops.rms_norm(k.reshape(-1, HEAD_DIM), k_w, eps).view(-1, NUM_KV_HEADS, HEAD_DIM)
+            q, k = triton_ops.rotary_embedding(pos, q, k, cos_sin, True)
+            v = v.unflatten(-1, (NUM_KV_HEADS, HEAD_DIM))
+            triton_attention.store_kv_cache(k, v, k_cache, v_cache, slots)
+
+        ref = bench(lambda a=args: reference.qk_norm_rope_store(*a))
+        roof = 1e6 * 2 * (qkv.numel() + t * (q_size + 2 * kv_size)) / bandwidth  # read qkv; write q, k, v
+        for name, fn in (
+            ("qk_norm_rope_store", lambda a=args: triton_fused.qk_norm_rope_store(*a)),
+            ("qk_prologue_separate", separate),
+        ):
+            rows.append(Row(name, f"tokens={t}", bench(fn), bench(fn, graph=True), ref, roof))
+    return rows
+
+
 def sweep(block_size: int) -> None:
     """Time a grid of launch configs per attention case (graph replays); print the best few of each."""
     launch_config = triton_attention._launch_config
@@ -235,7 +289,7 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--bandwidth", type=float, default=3.0e12, help="bytes/s used for the roof column")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    parser.add_argument("--only", choices=["attention", "elementwise"], default=None)
+    parser.add_argument("--only", choices=["attention", "elementwise", "fused"], default=None)
     parser.add_argument("--sweep", action="store_true", help="tune paged_attention launch configs instead")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -245,10 +299,12 @@ def main() -> None:
         sweep(args.block_size)
         return
     rows: list[Row] = []
-    if args.only != "elementwise":
+    if args.only in (None, "attention"):
         rows += attention_rows(args.block_size, args.bandwidth)
-    if args.only != "attention":
+    if args.only in (None, "elementwise"):
         rows += elementwise_rows(args.bandwidth)
+    if args.only in (None, "fused"):
+        rows += fused_qk_rows(args.block_size, args.bandwidth)
     print(
         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, bf16, "
         f"block_size {args.block_size}; times in us (median)"

@@ -2,13 +2,15 @@
 (:func:`select_backend`); call sites never branch on it.
 
 Each function has the contract written in ``kernels/reference.py``; ``triton_attention.py`` / ``triton_ops.py`` /
-``triton_gemv.py`` implement the same signatures for CUDA GPUs.
+``triton_gemv.py`` / ``triton_fused.py`` / ``triton_sampling.py`` implement the same signatures for CUDA GPUs.
 """
 
 from __future__ import annotations
 
 import os
 from types import ModuleType
+
+import torch
 
 from inferd.kernels import reference
 
@@ -20,6 +22,8 @@ _NAMES = (
     "silu_and_mul",
     "rotary_embedding",
     "linear",
+    "qk_norm_rope_store",
+    "temperature_race_sample",
 )
 
 store_kv_cache = reference.store_kv_cache
@@ -29,6 +33,8 @@ fused_add_rms_norm = reference.fused_add_rms_norm
 silu_and_mul = reference.silu_and_mul
 rotary_embedding = reference.rotary_embedding
 linear = reference.linear
+qk_norm_rope_store = reference.qk_norm_rope_store
+temperature_race_sample = reference.temperature_race_sample
 backend = "torch"
 
 
@@ -37,24 +43,59 @@ def select_backend(device_type: str) -> str:
 
     ``INFERD_KERNEL_BACKEND=torch`` forces the pure-torch kernels (e.g. to compare against them on a GPU).
     With Triton, ``linear`` sends CUDA batches of at most 16 rows to the skinny GEMM and the rest to cuBLAS;
-    ``INFERD_SKINNY_GEMM=0`` keeps every ``linear`` on cuBLAS.
+    ``INFERD_SKINNY_GEMM=0`` keeps every ``linear`` on cuBLAS. ``INFERD_FUSED_QK_ROPE=0`` replaces the fused
+    attention prologue (``qk_norm_rope_store``) by the backend's separate norm, rotary and cache-write kernels.
     """
     global backend
     wanted = os.environ.get("INFERD_KERNEL_BACKEND", "auto").lower()
     if wanted not in ("auto", "torch", "triton"):
         raise ValueError(f"INFERD_KERNEL_BACKEND must be auto, torch or triton; got {wanted!r}.")
     if wanted == "triton" or (wanted == "auto" and device_type == "cuda"):
-        from inferd.kernels import triton_attention, triton_gemv, triton_ops
+        from inferd.kernels import triton_attention, triton_fused, triton_gemv, triton_ops, triton_sampling
 
         _install(triton_attention, ("store_kv_cache", "paged_attention"))
         _install(triton_ops, ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding"))
         skinny = os.environ.get("INFERD_SKINNY_GEMM", "1") != "0"
         globals()["linear"] = triton_gemv.dispatch_linear if skinny else reference.linear
+        _install(triton_fused, ("qk_norm_rope_store",))
+        _install(triton_sampling, ("temperature_race_sample",))
         backend = "triton"
     else:
         _install(reference, _NAMES)
         backend = "torch"
+    if os.environ.get("INFERD_FUSED_QK_ROPE", "1") == "0":
+        globals()["qk_norm_rope_store"] = _unfused_qk_norm_rope_store
     return backend
+
+
+def _unfused_qk_norm_rope_store(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    q_norm_weight: torch.Tensor | None,
+    k_norm_weight: torch.Tensor | None,
+    eps: float,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    is_neox: bool = True,
+) -> torch.Tensor:
+    """``qk_norm_rope_store`` as the installed backend's separate kernels (rms_norm ×2, rotary_embedding,
+    store_kv_cache), for comparisons; the Triton rotary may rotate ``qkv``'s q/k slices in place."""
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+    q = q.unflatten(-1, (num_heads, head_dim))  # [num_tokens, num_heads, head_dim]
+    k = k.unflatten(-1, (num_kv_heads, head_dim))  # [num_tokens, num_kv_heads, head_dim]
+    if q_norm_weight is not None:
+        q = rms_norm(q, q_norm_weight, eps)
+    if k_norm_weight is not None:
+        k = rms_norm(k, k_norm_weight, eps)
+    q, k = rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
+    store_kv_cache(k, v.unflatten(-1, (num_kv_heads, head_dim)), k_cache, v_cache, slot_mapping)
+    return q.flatten(-2)
 
 
 def _install(module: ModuleType, names: tuple[str, ...]) -> None:
@@ -66,9 +107,11 @@ __all__ = [
     "fused_add_rms_norm",
     "linear",
     "paged_attention",
+    "qk_norm_rope_store",
     "rms_norm",
     "rotary_embedding",
     "select_backend",
     "silu_and_mul",
     "store_kv_cache",
+    "temperature_race_sample",
 ]

@@ -13,6 +13,7 @@ __all__ = [
     "fused_add_rms_norm",
     "linear",
     "paged_attention",
+    "qk_norm_rope_store",
     "rms_norm",
     "rotary_embedding",
     "silu_and_mul",
@@ -157,3 +158,75 @@ def rotary_embedding(
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias``: x [M, K], weight [N, K], bias [N] or None -> [M, N] in ``x.dtype`` (``F.linear``)."""
     return F.linear(x, weight, bias)
+
+
+def qk_norm_rope_store(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    q_norm_weight: torch.Tensor | None,
+    k_norm_weight: torch.Tensor | None,
+    eps: float,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    is_neox: bool = True,
+) -> torch.Tensor:
+    """The attention prologue in one call: per-head RMSNorm of q and k (each optional), rotary on q and k, and the
+    KV-cache write of k and v; returns the query only (paged attention reads keys/values from the cache).
+
+    qkv: [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim], rows q | k | v (this rank's heads);
+    positions, slot_mapping: [num_tokens] int64 (slots < 0 are padding: not written);
+    cos_sin_cache: [max_position, rot_dim] float32 as in :func:`rotary_embedding`;
+    q_norm_weight, k_norm_weight: [head_dim] or None (no norm); k_cache, v_cache: [num_blocks, block_size,
+    num_kv_heads, head_dim], written in place.
+    Returns q [num_tokens, num_heads * head_dim] in ``qkv.dtype``; ``qkv`` is not modified. Same values as
+    ``rms_norm`` (float32, rounded to ``qkv.dtype``) → ``rotary_embedding`` → ``store_kv_cache``.
+    """
+    _check_qkv_shapes(qkv, positions, slot_mapping, num_heads, num_kv_heads, head_dim)
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+    q = q.unflatten(-1, (num_heads, head_dim))  # [num_tokens, num_heads, head_dim]
+    k = k.unflatten(-1, (num_kv_heads, head_dim))  # [num_tokens, num_kv_heads, head_dim]
+    v = v.unflatten(-1, (num_kv_heads, head_dim))
+    if q_norm_weight is not None:
+        q = rms_norm(q, q_norm_weight, eps)
+    if k_norm_weight is not None:
+        k = rms_norm(k, k_norm_weight, eps)
+    q, k = rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
+    store_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+    return q.flatten(-2)
+
+
+def _check_qkv_shapes(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+) -> None:
+    width = (num_heads + 2 * num_kv_heads) * head_dim
+    if qkv.dim() != 2 or qkv.shape[1] != width:
+        raise ValueError(
+            f"qkv must be [num_tokens, (num_heads + 2 * num_kv_heads) * head_dim] = [T, {width}]; "
+            f"got {tuple(qkv.shape)}"
+        )
+    num_tokens = qkv.shape[0]
+    if positions.shape != (num_tokens,) or slot_mapping.shape != (num_tokens,):
+        raise ValueError(
+            f"positions {tuple(positions.shape)} and slot_mapping {tuple(slot_mapping.shape)} must both be "
+            f"[{num_tokens}] (one per qkv row)"
+        )
+
+
+def temperature_race_sample(logits: torch.Tensor, temperature: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Exponential-race sampling: logits [B, V] float, temperature [B] (> 0), q [B, V] Exp(1) draws → token ids
+    [B] int64 = ``argmax_v(logits / T − log(max(q, tiny)))`` = ``argmax(softmax(logits / T) / q)``; the first index
+    among equal maxima. ``logits`` and ``q`` are not modified."""
+    tiny = torch.finfo(torch.float32).tiny
+    scores = logits.float() * (1.0 / temperature.float()).unsqueeze(1) - q.float().clamp_min(tiny).log()
+    return scores.argmax(dim=-1)

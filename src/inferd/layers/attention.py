@@ -1,4 +1,5 @@
-"""Paged attention layer: writes this step's keys/values into the KV cache, then attends over the cache."""
+"""Paged attention layer: writes this step's keys/values into the KV cache (unless a fused prologue already did),
+then attends over the cache."""
 
 from __future__ import annotations
 
@@ -30,21 +31,32 @@ class Attention(nn.Module):
         self.kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_metadata: AttentionMetadata
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor | None,
+        v: torch.Tensor | None,
+        attn_metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        """q: [num_tokens, num_heads * head_dim]; k, v: [num_tokens, num_kv_heads * head_dim].
+        """q: [num_tokens, num_heads * head_dim]; k, v: [num_tokens, num_kv_heads * head_dim], or both None when
+        this step's keys/values are already in the bound cache (written by ``kernels.qk_norm_rope_store``).
 
         Returns [num_tokens, num_heads * head_dim]; rows of padding tokens are zero.
         """
         num_tokens = q.shape[0]
+        assert (k is None) == (v is None), "pass both k and v, or neither (already in the KV cache)"
         q = q.unflatten(-1, (self.num_heads, self.head_dim))  # [num_tokens, num_heads, head_dim]
-        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))  # [num_tokens, num_kv_heads, head_dim]
-        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
         if self.kv_cache is None:
+            if k is None or v is None:
+                raise ValueError("attention without a bound KV cache needs this step's keys and values")
+            k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))  # [num_tokens, num_kv_heads, head_dim]
+            v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
             out = _prompt_attention(q, k, v, attn_metadata, self.scale)
         else:
             k_cache, v_cache = self.kv_cache
-            kernels.store_kv_cache(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
+            if k is not None and v is not None:
+                k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
+                v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
+                kernels.store_kv_cache(k, v, k_cache, v_cache, attn_metadata.slot_mapping)
             out = kernels.paged_attention(
                 q,
                 k_cache,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from inferd import kernels
 from inferd.engine.core_types import TokenLogprobs
 
 # Rows of logits processed at once by compute_prompt_logprobs, bounded by this many float32 elements.
@@ -83,13 +84,14 @@ class Sampler(torch.nn.Module):
         if num_logprobs is not None:
             raw_logprobs = torch.log_softmax(logits.float(), dim=-1)  # [B, V]
 
+        filters = not (metadata.no_min_p and metadata.no_top_k and metadata.no_top_p)
         needs_processing = (
-            not metadata.all_greedy
+            (not metadata.all_greedy and filters)
             or not metadata.no_penalties
             or metadata.logit_bias is not None
             or metadata.min_tokens is not None
         )
-        if needs_processing:
+        if needs_processing or logits.dtype != torch.float32:
             logits = logits.to(torch.float32, copy=True)  # [B, V]
             if metadata.logit_bias is not None:
                 apply_logit_bias(logits, *metadata.logit_bias)
@@ -192,35 +194,36 @@ def _top_k_first(
 
 
 def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
-    """Temperature → min-p → top-k/top-p → exponential race. ``logits`` [B, V] float32 is modified."""
+    """Temperature → min-p → top-k/top-p → exponential race: ``argmax(softmax(logits / T) / q)``, q ~ Exp(1)
+    per token (each seeded row from its own generator). ``logits`` [B, V] float32 is modified only when a filter
+    is on; with temperature alone one fused kernel reads it once."""
     temperature = torch.where(metadata.temperature == 0.0, 1.0, metadata.temperature)  # [B]
-    logits.div_(temperature.unsqueeze(1))
-    if not metadata.no_min_p:
-        apply_min_p(logits, metadata.min_p)
-    if not (metadata.no_top_k and metadata.no_top_p):
-        top_k = None if metadata.no_top_k else metadata.top_k
-        top_p = None if metadata.no_top_p else metadata.top_p
-        rows = metadata.filter_rows
-        if rows is None:
-            apply_top_k_top_p(logits, top_k, top_p, metadata.max_top_k)
-        else:
-            sub = logits.index_select(0, rows)  # [R, V]
-            apply_top_k_top_p(
-                sub,
-                None if top_k is None else top_k.index_select(0, rows),
-                None if top_p is None else top_p.index_select(0, rows),
-                metadata.max_top_k,
-            )
-            logits.index_copy_(0, rows, sub)
-    probs = logits.softmax(dim=-1)  # [B, V]
-    q = torch.empty_like(probs)  # [B, V]
-    if len(metadata.generators) < probs.shape[0]:
+    if not (metadata.no_min_p and metadata.no_top_k and metadata.no_top_p):
+        logits.div_(temperature.unsqueeze(1))
+        temperature = torch.ones_like(temperature)
+        if not metadata.no_min_p:
+            apply_min_p(logits, metadata.min_p)
+        if not (metadata.no_top_k and metadata.no_top_p):
+            top_k = None if metadata.no_top_k else metadata.top_k
+            top_p = None if metadata.no_top_p else metadata.top_p
+            rows = metadata.filter_rows
+            if rows is None:
+                apply_top_k_top_p(logits, top_k, top_p, metadata.max_top_k)
+            else:
+                sub = logits.index_select(0, rows)  # [R, V]
+                apply_top_k_top_p(
+                    sub,
+                    None if top_k is None else top_k.index_select(0, rows),
+                    None if top_p is None else top_p.index_select(0, rows),
+                    metadata.max_top_k,
+                )
+                logits.index_copy_(0, rows, sub)
+    q = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # [B, V]
+    if len(metadata.generators) < q.shape[0]:
         q.exponential_()
     for row, generator in metadata.generators.items():
         q[row].exponential_(generator=generator)
-    # Guard against a zero draw (inf ratio would pick a masked token).
-    q.clamp_min_(torch.finfo(torch.float32).tiny)
-    return probs.div_(q).argmax(dim=-1)
+    return kernels.temperature_race_sample(logits, temperature, q)
 
 
 def _gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor, num_logprobs: int) -> LogprobsTensors:

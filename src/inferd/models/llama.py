@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from inferd import kernels
 from inferd.distributed.parallel_state import divide_for_tp, local_num_heads, local_num_kv_heads
 from inferd.layers.activation import SiluAndMul
 from inferd.layers.attention import Attention
@@ -82,8 +83,31 @@ class DecoderAttention(nn.Module):
     def forward(
         self, positions: torch.Tensor, hidden_states: torch.Tensor, attn_metadata: AttentionMetadata
     ) -> torch.Tensor:
-        """positions: [num_tokens]; hidden_states: [num_tokens, hidden] -> [num_tokens, hidden]."""
+        """positions: [num_tokens]; hidden_states: [num_tokens, hidden] -> [num_tokens, hidden].
+
+        With a bound KV cache, q/k norm, rotary and the cache write are one fused kernel and attention reads
+        keys/values from the cache; without one (model tests), the separate layers run.
+        """
         qkv = self.qkv_proj(hidden_states)  # [num_tokens, q_size + 2 * kv_size]
+        kv_cache = self.attn.kv_cache
+        if kv_cache is not None:
+            q = kernels.qk_norm_rope_store(
+                qkv,
+                positions,
+                self.rotary_emb.cos_sin_cache,
+                self.q_norm.weight if self.q_norm is not None else None,
+                self.k_norm.weight if self.k_norm is not None else None,
+                self.q_norm.eps if self.q_norm is not None else 0.0,
+                kv_cache[0],
+                kv_cache[1],
+                attn_metadata.slot_mapping,
+                self.num_heads,
+                self.num_kv_heads,
+                self.head_dim,
+                self.rotary_emb.is_neox,
+            )  # [num_tokens, q_size]
+            out = self.attn(q, None, None, attn_metadata)  # [num_tokens, q_size]
+            return self.o_proj(out)  # all-reduced over the TP ranks
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.q_size)  # [num_tokens, q_size]
