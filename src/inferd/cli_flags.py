@@ -161,6 +161,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="Engine replicas behind one API server, each on its own GPU(s); requests go to the least loaded.",
     )
     g.add_argument(
+        "--disable-custom-all-reduce",
+        action="store_true",
+        default=False,
+        help="With tensor parallelism, do every all-reduce through NCCL instead of the one-shot all-reduce in "
+        "symmetric memory used for small tensors.",
+    )
+    g.add_argument(
         "--enforce-eager",
         action=argparse.BooleanOptionalAction,
         default=False,

@@ -72,6 +72,7 @@ class SchedulerConfig:
 class ParallelConfig:
     tensor_parallel_size: int = 1  # GPUs (worker processes) per engine replica, one TP group
     data_parallel_size: int = 1  # engine replicas behind one frontend
+    disable_custom_all_reduce: bool = False  # True: every TP all-reduce through NCCL (no symmetric memory)
 
     @property
     def world_size(self) -> int:
@@ -120,6 +121,7 @@ class EngineArgs:
     trust_remote_code: bool = False
     tensor_parallel_size: int = 1
     data_parallel_size: int = 1
+    disable_custom_all_reduce: bool = False
     generation_config: str = "auto"
     served_model_name: str | list[str] | None = None
     max_logprobs: int = 20
@@ -268,7 +270,9 @@ class EngineArgs:
                 num_scheduler_steps=self.num_scheduler_steps or (8 if device == "cuda" else 1),
             ),
             parallel_config=ParallelConfig(
-                tensor_parallel_size=self.tensor_parallel_size, data_parallel_size=self.data_parallel_size
+                tensor_parallel_size=self.tensor_parallel_size,
+                data_parallel_size=self.data_parallel_size,
+                disable_custom_all_reduce=self.disable_custom_all_reduce,
             ),
             device_config=DeviceConfig(device=device),
             enforce_eager=self.enforce_eager or device == "cpu",

@@ -58,6 +58,12 @@ def test_a_vllm_command_line_works_unchanged() -> None:
     assert ea.max_logprobs == 10 and ea.trust_remote_code and ea.revision == "main"
 
 
+def test_disable_custom_all_reduce_flag() -> None:
+    assert engine_args().disable_custom_all_reduce is False
+    assert engine_args("-tp", "2", "--disable-custom-all-reduce").disable_custom_all_reduce is True
+    assert engine_args(env={"INFERD_DISABLE_CUSTOM_ALL_REDUCE": "1"}).disable_custom_all_reduce is True
+
+
 def test_model_flag_and_underscores() -> None:
     ea = engine_args("--model", "org/m", "--max_model_len=4k", "--served_model_name", "a")
     assert ea.model == "org/m" and ea.max_model_len == 4096 and ea.served_model_name == ["a"]

@@ -3,27 +3,40 @@
 Before :func:`init_tensor_parallel` runs (or after :func:`destroy_tensor_parallel`) the process is a group of
 one: ``tp_rank() == 0``, ``tp_size() == 1`` and every collective returns its input without any
 ``torch.distributed`` call. All collectives act in place or into a freshly allocated output on the current
-stream, so on NCCL they can be captured in a CUDA graph.
+stream, so on NCCL they can be captured in a CUDA graph. On CUDA, small all-reduces go through a one-shot
+all-reduce in symmetric memory (:mod:`inferd.distributed.custom_all_reduce`) when it passed its self-test.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
 
+if TYPE_CHECKING:
+    from inferd.distributed.custom_all_reduce import CustomAllReduce
+
+logger = logging.getLogger(__name__)
+
 _TP_RANK = 0
 _TP_SIZE = 1
+_CUSTOM_AR: CustomAllReduce | None = None
 
 
-def init_tensor_parallel(rank: int, world_size: int, init_method: str, device: torch.device) -> None:
+def init_tensor_parallel(
+    rank: int, world_size: int, init_method: str, device: torch.device, custom_all_reduce: bool = True
+) -> None:
     """Join the TP group as ``rank`` of ``world_size``; NCCL when ``device`` is CUDA, gloo otherwise.
 
     ``init_method`` is the caller's rendezvous (e.g. ``"file:///tmp/run-xyz/store"``). Calling it again with
     the same rank and size is a no-op; with another raises ``RuntimeError``. On CUDA the device becomes the
     current one and a warm-up all-reduce creates the NCCL communicator, so that no communicator is created
-    during a CUDA-graph capture.
+    during a CUDA-graph capture. With ``custom_all_reduce`` (CUDA, more than one rank) every rank then builds
+    the symmetric-memory all-reduce, which checks itself and falls back to NCCL on any failure.
     """
-    global _TP_RANK, _TP_SIZE
+    global _TP_RANK, _TP_SIZE, _CUSTOM_AR
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside a tensor-parallel group of {world_size}.")
     if dist.is_initialized():
@@ -48,11 +61,32 @@ def init_tensor_parallel(rank: int, world_size: int, init_method: str, device: t
         warm_up = torch.zeros(1, device=device)
         dist.all_reduce(warm_up)
         torch.cuda.synchronize(device)
+        if custom_all_reduce and world_size > 1:
+            _CUSTOM_AR = _build_custom_all_reduce(device)
+
+
+def _build_custom_all_reduce(device: torch.device) -> CustomAllReduce | None:
+    from inferd.distributed.custom_all_reduce import CustomAllReduce, CustomAllReduceHung
+
+    try:
+        car = CustomAllReduce(device)
+    except CustomAllReduceHung:
+        raise
+    except Exception as e:  # its own failures are agreed on and logged inside; this is anything else
+        logger.warning("Custom all-reduce off, all-reduces use NCCL (%s: %s).", type(e).__name__, e)
+        return None
+    return car if car.enabled else None
 
 
 def destroy_tensor_parallel() -> None:
     """Leave the group (destroying the default process group); safe to call when not initialised."""
-    global _TP_RANK, _TP_SIZE
+    global _TP_RANK, _TP_SIZE, _CUSTOM_AR
+    if _CUSTOM_AR is not None:
+        try:
+            _CUSTOM_AR.close()
+        except Exception as e:  # shutting down: never fail here
+            logger.debug("Closing the custom all-reduce failed: %s", e)
+        _CUSTOM_AR = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _TP_RANK, _TP_SIZE = 0, 1
@@ -68,10 +102,20 @@ def tp_size() -> int:
     return _TP_SIZE
 
 
+def tp_custom_all_reduce() -> CustomAllReduce | None:
+    """The symmetric-memory all-reduce when it is on (it passed its self-test on every rank), else ``None``."""
+    return _CUSTOM_AR
+
+
 def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """Sum ``x`` over the ranks in place; returns ``x``."""
-    if _TP_SIZE > 1:
-        dist.all_reduce(x)
+    """The sum of ``x`` over the ranks. Use the return value: small CUDA tensors are summed into a new tensor
+    (one-shot all-reduce in symmetric memory, ``x`` unchanged), the rest in place by NCCL/gloo (returns ``x``)."""
+    if _TP_SIZE == 1:
+        return x
+    car = _CUSTOM_AR
+    if car is not None and car.should_use(x):
+        return car.all_reduce(x)
+    dist.all_reduce(x)
     return x
 
 

@@ -91,7 +91,13 @@ class MultiprocExecutor:
             raise
         self._monitor = threading.Thread(target=self._watch_workers, name="inferd-tp-monitor", daemon=True)
         self._monitor.start()
-        init_tensor_parallel(0, self.world_size, init_method, _device(device_type, 0))
+        init_tensor_parallel(
+            0,
+            self.world_size,
+            init_method,
+            _device(device_type, 0),
+            custom_all_reduce=not config.parallel_config.disable_custom_all_reduce,
+        )
         self.driver = ModelRunner(config, rank=0)
 
     def _start_workers(self, config: EngineConfig, init_method: str) -> None:
@@ -185,16 +191,21 @@ class MultiprocExecutor:
                 conn.close()
             except OSError:
                 pass
-        deadline = time.monotonic() + 5.0
+        from inferd.distributed.parallel_state import destroy_tensor_parallel
+
+        # The workers leave the group at the same time; never wait on it for long (a dead peer may block it).
+        leaver = threading.Thread(target=destroy_tensor_parallel, name="inferd-tp-destroy", daemon=True)
+        leaver.start()
+        deadline = time.monotonic() + 10.0
         for proc in self._procs:
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        from inferd.distributed.parallel_state import destroy_tensor_parallel
-
-        destroy_tensor_parallel()
+        leaver.join(max(0.1, deadline - time.monotonic()))
+        if leaver.is_alive():
+            logger.warning("Leaving the tensor-parallel process group timed out; going on.")
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

@@ -36,19 +36,26 @@ def main() -> int:
     try:
         import torch
 
-        from inferd.distributed.parallel_state import init_tensor_parallel
+        from inferd.distributed.parallel_state import destroy_tensor_parallel, init_tensor_parallel
         from inferd.worker.model_runner import ModelRunner
 
         device_type = config.device_config.device
         device = torch.device(f"cuda:{rank}") if device_type == "cuda" else torch.device("cpu")
-        init_tensor_parallel(rank, world_size, init_method, device)
+        init_tensor_parallel(
+            rank,
+            world_size,
+            init_method,
+            device,
+            custom_all_reduce=not config.parallel_config.disable_custom_all_reduce,
+        )
         runner = ModelRunner(config, rank=rank)
         while True:
             try:
                 method, args = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
                 return 0
-            if method == "shutdown":
+            if method == "shutdown":  # every rank leaves the group together (NCCL may hang otherwise)
+                destroy_tensor_parallel()
                 return 0
             getattr(runner, method)(*args)
     except Exception:
