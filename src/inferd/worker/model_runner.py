@@ -434,9 +434,10 @@ class ModelRunner:
 
     def _sample(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
         """Sample; under tensor parallelism every rank then takes rank 0's tokens, so all ranks stay in step
-        whatever their random streams."""
+        whatever their random streams. (All-greedy batches need no broadcast: every rank holds bit-identical
+        gathered logits, and argmax is deterministic.)"""
         out = self.sampler(logits, metadata)
-        if tp_size() > 1:
+        if tp_size() > 1 and not metadata.all_greedy:
             tp_broadcast(out.sampled_token_ids, src=0)
         return out
 
