@@ -4,6 +4,8 @@ that it equals NCCL eagerly and inside a CUDA graph for 1..256 tokens of a 4096-
 from __future__ import annotations
 
 import multiprocessing
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +56,15 @@ def _run_ranks(target: Any, tmp: Path, world_size: int = 2) -> list[dict[str, An
     ]
     for p in procs:
         p.start()
+    deadline = time.monotonic() + 120
     for p in procs:
-        p.join(timeout=240)
+        p.join(timeout=max(1.0, deadline - time.monotonic()))
     for p in procs:
         if p.is_alive():
             p.kill()
+            p.join()
     assert [p.exitcode for p in procs] == [0] * world_size, (
-        "a rank failed; its traceback is in the captured stderr"
+        "a rank failed or hung (killed after 120 s); its traceback is in the captured stderr"
     )
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
@@ -117,12 +121,7 @@ def test_cpu_gloo_group_never_builds_it(tmp_path: Path) -> None:
 def _cuda_rank(rank: int, world_size: int, init_method: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from inferd.distributed.parallel_state import (
-        destroy_tensor_parallel,
-        init_tensor_parallel,
-        tp_all_reduce,
-        tp_custom_all_reduce,
-    )
+    from inferd.distributed.parallel_state import init_tensor_parallel, tp_all_reduce, tp_custom_all_reduce
 
     device = torch.device("cuda", rank)
     init_tensor_parallel(rank, world_size, init_method, device, custom_all_reduce=True)
@@ -179,9 +178,13 @@ def _cuda_rank(rank: int, world_size: int, init_method: str, out_dir: str) -> No
                 check(f"graph replay {replay} direct {t}", got, ref, exact=False)
                 check(f"graph replay {replay} tp_all_reduce {t}", via, ref, exact=False)
         torch.cuda.synchronize(device)
+    except Exception as e:
+        result["failures"].append(f"{type(e).__name__}: {e}")
     finally:
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-        destroy_tensor_parallel()
+    # Leave without tearing the NCCL group down: a peer that already left can block that, and teardown is
+    # not what this test checks (the engine bounds it separately, see MultiprocExecutor.shutdown).
+    os._exit(0)
 
 
 @pytest.mark.gpu
