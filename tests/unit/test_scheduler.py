@@ -380,3 +380,21 @@ def test_errors_for_prompts_that_cannot_run() -> None:
     with pytest.raises(ValueError, match="already in use"):
         sched.add_request(make_req("d", [1]))
     assert sched.get_num_unfinished_requests() == 1
+
+
+# ---------------------------------------------------------------------------------------------- multi-step decode
+def test_lookahead_is_not_cut_short_by_a_request_near_max_tokens() -> None:
+    sched = make_scheduler(block_size=4)
+    sched.add_request(make_req("short", [10, 11, 12], max_tokens=3, ignore_eos=True))
+    sched.add_request(make_req("long", [20, 21, 22], max_tokens=50, ignore_eos=True))
+    run_step(sched)  # prefills: one token each
+    out = sched.schedule()
+    assert out.num_scheduled_tokens == {"short": 1, "long": 1}
+    steps = sched.add_decode_lookahead(out, 8)
+    assert steps == 8  # not 2, though "short" has only 2 tokens left
+    runner = ModelRunnerOutput(req_ids=["short", "long"], sampled_token_ids=[[5] * 8, [6] * 8])
+    outs = outputs_by_id(sched.update_from_output(out, runner))
+    assert outs == {"short": [5, 5], "long": [6] * 8}  # max_tokens stays exact: the rest is dropped
+    assert sched.get_request("short") is None or sched.get_request("short").is_finished()
+    assert sched.get_request("long").num_output_tokens == 9
+    assert sched.get_request("long").num_computed_tokens == sched.get_request("long").num_tokens - 1

@@ -280,9 +280,11 @@ class Scheduler:
         """Turn a decode-only step into up to ``num_steps`` decode steps run back to back on the device.
 
         Reserves KV slots for the extra tokens (their ids are appended to each request's new_block_ids) and returns
-        how many steps to run: 1 (unchanged) when any request is new, prefilling, or has fewer tokens left, when
-        requests are waiting, or when blocks are short. ``update_from_output`` then takes several sampled tokens
-        per request; tokens past a stop are dropped there.
+        how many steps to run: 1 (unchanged) when any request is new or prefilling, when requests are waiting, or
+        when blocks are short; fewer near max_model_len. ``update_from_output`` then takes several sampled tokens
+        per request; tokens past a stop — max_tokens included — are dropped there. (A request that reaches its
+        max_tokens mid-round does not shorten the round for the whole batch: with many requests one of them is
+        nearly always a few tokens from its end, which used to halve the tokens per round.)
         """
         if num_steps <= 1 or self.waiting or scheduler_output.scheduled_new_reqs:
             return 1
@@ -292,9 +294,7 @@ class Scheduler:
         for r in requests:
             if r.num_computed_tokens + 1 != r.num_tokens:
                 return 1
-            num_steps = min(
-                num_steps, r.max_tokens - r.num_output_tokens, self.max_model_len - r.num_tokens + 1
-            )
+            num_steps = min(num_steps, self.max_model_len - r.num_tokens + 1)
         if num_steps <= 1:
             return 1
         kv = self.kv_cache_manager
