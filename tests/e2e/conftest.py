@@ -47,6 +47,21 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def _wait_unhealthy(base_url: str, within_s: float, what: str) -> None:
+    """Return once /health stops answering 200 (503, or the server already gone); fail after ``within_s``."""
+    import httpx
+
+    t0 = time.monotonic()
+    while True:
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 503:
+                return
+        except httpx.TransportError:
+            return  # already shut down: the probe fails just as well
+        assert time.monotonic() - t0 < within_s, f"/health still 200 {within_s} s after {what}"
+        time.sleep(0.02)
+
+
 def start_server(model_dir: Path, log_dir: Path, *extra: str, api_key: str | None = None,
                  timeout: float = 300) -> ServerProcess:  # fmt: skip
     """``python -m inferd serve`` on a free loopback port; returns once /health says 200."""
@@ -78,6 +93,12 @@ def start_server(model_dir: Path, log_dir: Path, *extra: str, api_key: str | Non
         time.sleep(0.2)
     server.stop()
     raise RuntimeError(f"inferd serve not healthy after {timeout} s:\n{server.log()}")
+
+
+@pytest.fixture(scope="session")
+def wait_unhealthy() -> Any:
+    """``_wait_unhealthy(base_url, within_s, what)``: wait until /health stops answering 200."""
+    return _wait_unhealthy
 
 
 @pytest.fixture(scope="session")
