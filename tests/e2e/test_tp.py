@@ -94,3 +94,42 @@ def test_serve_tp2_matches_offline_and_a_dead_worker_stops_it(
         if srv.proc.poll() is None:
             srv.proc.kill()
             srv.proc.wait()
+
+
+def _rich(model: Path, **kwargs: Any) -> tuple[Any, ...]:
+    from inferd.sampling_params import StructuredOutputsParams
+
+    llm = LLM(
+        str(model), dtype="float32", max_model_len=256, kv_cache_memory_bytes=16 << 20, seed=0, **kwargs
+    )
+    try:
+        lp = llm.generate(
+            PROMPTS[:2],
+            SamplingParams(temperature=0, max_tokens=6, logprobs=3, prompt_logprobs=2),
+            use_tqdm=False,
+        )
+        fan = llm.generate(
+            ["Paris is"], SamplingParams(temperature=0.8, max_tokens=5, n=3, seed=1), use_tqdm=False
+        )
+        choice = StructuredOutputsParams(choice=["yes", "no"])
+        grammar = llm.generate(
+            ["Answer:"],
+            SamplingParams(temperature=0, max_tokens=20, structured_outputs=choice),
+            use_tqdm=False,
+        )
+        return (
+            [o.outputs[0].token_ids for o in lp],
+            [[d[t].logprob for d, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)] for o in lp],
+            [[None if d is None else sorted(d) for d in o.prompt_logprobs] for o in lp],
+            [c.token_ids for c in fan[0].outputs],
+            grammar[0].outputs[0].text,
+        )
+    finally:
+        llm.llm_engine.shutdown()
+
+
+def test_tp2_logprobs_n_and_grammars_match_tp1(tiny_qwen3: Path) -> None:
+    ids1, lp1, plp1, fan1, text1 = _rich(tiny_qwen3)
+    ids2, lp2, plp2, fan2, text2 = _rich(tiny_qwen3, tensor_parallel_size=2)
+    assert ids2 == ids1 and plp2 == plp1 and fan2 == fan1 and text2 == text1 in ("yes", "no")
+    assert max(abs(a - b) for r1, r2 in zip(lp1, lp2) for a, b in zip(r1, r2)) < 1e-4
