@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,47 +27,16 @@ from inferd.layers.sampler import (
 from inferd.models.registry import get_model_class
 from inferd.models.source import load_tokenizer
 from inferd.models.weight_utils import initialize_dummy_weights, iter_weights
-from inferd.sampling_params import SamplingParams
 from inferd.structured_output.manager import StructuredOutputManager
 from inferd.worker.cuda_graph import CudaGraphRunner
 from inferd.worker.memory_profiler import profile_num_gpu_blocks
 from inferd.worker.model_runner_output import ModelRunnerOutput
 from inferd.worker.sampling_batch import SamplingBatch
+from inferd.worker.step_inputs import RequestState, StepInputs, multistep_ok, prepare_step_inputs
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-@dataclass(slots=True)
-class _RequestState:
-    token_ids: list[int]  # prompt + outputs known so far
-    num_prompt_tokens: int
-    block_ids: list[int]
-    num_computed_tokens: int
-    prompt_logprobs: int | None
-    logprobs: int | None
-    # Sampling that needs the host between tokens (penalties, logprobs, min_tokens, grammars) rules out
-    # multi-step decoding for the request; min_tokens only until it is reached.
-    multistep_ok: bool = True
-    min_tokens: int = 0
-
-
-@dataclass(slots=True)
-class _StepInputs:
-    """One step's flat inputs on the host; tensors are made from them by the eager or the graph path."""
-
-    input_ids: np.ndarray  # [num_tokens] int64
-    positions: np.ndarray  # [num_tokens] int64
-    slots: np.ndarray  # [num_tokens] int64
-    query_start_loc: np.ndarray  # [num_seqs + 1] int64
-    seq_lens: np.ndarray  # [num_seqs] int64
-    block_tables: np.ndarray  # [num_seqs, max_blocks] int32
-    max_query_len: int
-    sample_req_ids: list[str]
-    sample_rows: list[int]  # rows of the hidden states to sample from
-    # req_id -> (hidden rows, prompt positions they predict, first position of the chunk)
-    prompt_logprob_rows: dict[str, tuple[list[int], list[int], int]]
 
 
 class ModelRunner:
@@ -104,7 +72,7 @@ class ModelRunner:
         self.structured_output = StructuredOutputManager(
             lambda: load_tokenizer(source), self.vocab_size, self.device
         )
-        self.requests: dict[str, _RequestState] = {}
+        self.requests: dict[str, RequestState] = {}
         self._parked: set[str] = set()  # preempted: sampling state (seeded generators) kept until they resume
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graph_runner: CudaGraphRunner | None = None
@@ -199,14 +167,14 @@ class ModelRunner:
                 self.sampling_batch.remove_request(new.req_id, finished=False)
             self._parked.discard(new.req_id)
             params = new.sampling_params
-            self.requests[new.req_id] = _RequestState(
+            self.requests[new.req_id] = RequestState(
                 token_ids=new.prompt_token_ids + new.output_token_ids,
                 num_prompt_tokens=len(new.prompt_token_ids),
                 block_ids=list(new.block_ids),
                 num_computed_tokens=new.num_computed_tokens,
                 prompt_logprobs=params.prompt_logprobs,
                 logprobs=params.logprobs,
-                multistep_ok=_multistep_ok(params),
+                multistep_ok=multistep_ok(params),
                 min_tokens=params.min_tokens,
             )
             self.sampling_batch.add_request(
@@ -242,67 +210,7 @@ class ModelRunner:
             seq_lens_cpu=seq_lens.tolist(),
         )
 
-    def _prepare_inputs(self, so: SchedulerOutput) -> _StepInputs:
-        bs = self.block_size
-        req_ids = list(so.num_scheduled_tokens)
-        num_seqs = len(req_ids)
-        total = so.total_num_scheduled_tokens
-        input_ids = np.empty(total, dtype=np.int64)
-        positions = np.empty(total, dtype=np.int64)
-        query_start_loc = np.zeros(num_seqs + 1, dtype=np.int64)
-        seq_lens = np.empty(num_seqs, dtype=np.int64)
-        states = [self.requests[r] for r in req_ids]
-        max_blocks = max(len(s.block_ids) for s in states)
-        block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int32)
-        sample_req_ids: list[str] = []
-        sample_rows: list[int] = []
-        prompt_rows: dict[str, tuple[list[int], list[int], int]] = {}
-        offset = 0
-        max_query_len = 0
-        for i, (req_id, state) in enumerate(zip(req_ids, states)):
-            n = so.num_scheduled_tokens[req_id]
-            start = state.num_computed_tokens
-            end = start + n
-            if n == 1:
-                input_ids[offset] = state.token_ids[start]
-                positions[offset] = start
-            else:
-                input_ids[offset : offset + n] = state.token_ids[start:end]
-                positions[offset : offset + n] = np.arange(start, end)
-            block_tables[i, : len(state.block_ids)] = state.block_ids
-            seq_lens[i] = end
-            max_query_len = max(max_query_len, n)
-            if end == len(state.token_ids):
-                sample_req_ids.append(req_id)
-                sample_rows.append(offset + n - 1)
-            if state.prompt_logprobs is not None and start < state.num_prompt_tokens - 1:
-                last = min(end, state.num_prompt_tokens - 1)  # position p predicts prompt token p + 1
-                rows = list(range(offset, offset + last - start))
-                prompt_rows[req_id] = (rows, list(range(start + 1, last + 1)), start)
-            elif state.prompt_logprobs is not None and start == 0:
-                prompt_rows[req_id] = ([], [], 0)  # one-token prompt: only the leading None
-            offset += n
-            query_start_loc[i + 1] = offset
-        seq_index = (
-            np.repeat(np.arange(num_seqs), np.diff(query_start_loc))
-            if max_query_len > 1
-            else np.arange(num_seqs)
-        )
-        slots = block_tables[seq_index, positions // bs].astype(np.int64) * bs + positions % bs
-        return _StepInputs(
-            input_ids=input_ids,
-            positions=positions,
-            slots=slots,
-            query_start_loc=query_start_loc,
-            seq_lens=seq_lens,
-            block_tables=block_tables,
-            max_query_len=max_query_len,
-            sample_req_ids=sample_req_ids,
-            sample_rows=sample_rows,
-            prompt_logprob_rows=prompt_rows,
-        )
-
-    def _forward_eager(self, inputs: _StepInputs) -> torch.Tensor:
+    def _forward_eager(self, inputs: StepInputs) -> torch.Tensor:
         """Hidden states [num_tokens, hidden] for the whole step."""
         dev = self.device
         meta = self._make_metadata(
@@ -335,7 +243,7 @@ class ModelRunner:
             return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
         if num_steps > 1:
             return self._execute_multistep(so, num_steps)
-        inputs = self._prepare_inputs(so)
+        inputs = prepare_step_inputs(so, self.requests, self.block_size)
         num_seqs = len(inputs.seq_lens)
         prompt_logprobs: dict[str, list[TokenLogprobs | None]] = {}
         if (
@@ -387,7 +295,7 @@ class ModelRunner:
 
     def _execute_multistep(self, so: SchedulerOutput, num_steps: int) -> ModelRunnerOutput:
         """``num_steps`` decode steps; each step's sampled tokens feed the next on the device, one sync at the end."""
-        inputs = self._prepare_inputs(so)
+        inputs = prepare_step_inputs(so, self.requests, self.block_size)
         req_ids = inputs.sample_req_ids
         n = len(req_ids)
         assert inputs.max_query_len == 1 and n == len(inputs.seq_lens), "multi-step needs a decode-only batch"
@@ -442,7 +350,7 @@ class ModelRunner:
         return out
 
     def _prompt_logprobs(
-        self, hidden: torch.Tensor, inputs: _StepInputs
+        self, hidden: torch.Tensor, inputs: StepInputs
     ) -> dict[str, list[TokenLogprobs | None]]:
         result: dict[str, list[TokenLogprobs | None]] = {}
         for req_id, (rows, targets, start) in inputs.prompt_logprob_rows.items():
@@ -456,14 +364,3 @@ class ModelRunner:
                 chunk.extend(logprobs_to_lists(tensors, [k] * len(rows)))
             result[req_id] = chunk
         return result
-
-
-def _multistep_ok(params: SamplingParams) -> bool:
-    return (
-        params.logprobs is None
-        and params.prompt_logprobs is None
-        and params.presence_penalty == 0.0
-        and params.frequency_penalty == 0.0
-        and params.repetition_penalty == 1.0
-        and getattr(params, "structured_outputs", None) is None
-    )
