@@ -130,26 +130,29 @@ class KVCacheManager:
         assert num_total <= request.num_tokens, "cannot compute tokens that are not known yet"
         num_required = -(-(num_total + num_lookahead_tokens) // self.block_size)
         num_fresh = max(0, num_required - num_held - len(new_computed_blocks))
-        num_hits_from_free = sum(1 for b in new_computed_blocks if self._ref_cnt[b] == 0)
+        num_hits_from_free = (
+            sum(1 for b in new_computed_blocks if self._ref_cnt[b] == 0) if new_computed_blocks else 0
+        )
         if num_fresh + num_hits_from_free > len(self._free_queue):
             return None
 
         if req_blocks is None:
             req_blocks = self._req_to_blocks[req_id] = []
             self._num_cached_blocks[req_id] = 0
-        for block_id in new_computed_blocks:
-            if self._ref_cnt[block_id] == 0:
-                del self._free_queue[block_id]
-            self._ref_cnt[block_id] += 1
-        req_blocks.extend(new_computed_blocks)
-        self._num_cached_blocks[req_id] += len(new_computed_blocks)
+        if new_computed_blocks:
+            for block_id in new_computed_blocks:
+                if self._ref_cnt[block_id] == 0:
+                    del self._free_queue[block_id]
+                self._ref_cnt[block_id] += 1
+            req_blocks.extend(new_computed_blocks)
+            self._num_cached_blocks[req_id] += len(new_computed_blocks)
 
-        fresh = [self._pop_free_block() for _ in range(num_fresh)]
+        fresh = [self._pop_free_block() for _ in range(num_fresh)] if num_fresh else []
         req_blocks.extend(fresh)
 
-        if self.enable_prefix_caching:
+        if self.enable_prefix_caching and num_total // self.block_size > self._num_cached_blocks[req_id]:
             self._cache_full_blocks(request, req_blocks, num_total // self.block_size)
-        return [*new_computed_blocks, *fresh]
+        return [*new_computed_blocks, *fresh] if new_computed_blocks else fresh
 
     def free(self, request: Request) -> None:
         """Release the request's blocks (finish, abort or preemption). Cached ones stay findable until evicted."""

@@ -239,12 +239,7 @@ class Scheduler:
                 assert request.num_computed_tokens == request.num_tokens, (
                     "sampled a token for a partial prefill"
                 )
-            new_token_ids: list[int] = []
-            for token_id in sampled:
-                request.append_output_token_ids([token_id])
-                new_token_ids.append(token_id)
-                if self._check_stop(request, token_id):
-                    break
+            new_token_ids = self._append_sampled(request, sampled)
             if len(sampled) > 1:  # multi-step decode: every sampled token but the last went through the model
                 request.num_computed_tokens = request.num_tokens - 1
             prompt_logprobs = runner_output.prompt_logprobs.get(req_id)
@@ -318,6 +313,31 @@ class Scheduler:
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(request)
+
+    def _append_sampled(self, request: Request, sampled: list[int]) -> list[int]:
+        """Append ``sampled`` to the request up to its first stop; returns the tokens kept."""
+        params = request.sampling_params
+        if (
+            len(sampled) > 1
+            and (params.ignore_eos or request.eos_token_id is None)
+            and not params.stop_token_ids
+        ):
+            # Only the length stop applies: find it arithmetically instead of token by token.
+            room = min(
+                request.max_tokens - request.num_output_tokens, self.max_model_len - request.num_tokens
+            )
+            kept = sampled[: max(room, 0)] if len(sampled) >= room else sampled
+            request.append_output_token_ids(kept)
+            if len(kept) >= room:
+                request.status = RequestStatus.FINISHED_LENGTH_CAPPED
+            return kept
+        kept = []
+        for token_id in sampled:
+            request.append_output_token_ids([token_id])
+            kept.append(token_id)
+            if self._check_stop(request, token_id):
+                break
+        return kept
 
     def _check_stop(self, request: Request, token_id: int) -> bool:
         """Stop checks after appending ``token_id``: EOS, then stop_token_ids (both only from min_tokens
