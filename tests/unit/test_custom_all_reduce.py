@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +72,7 @@ def _run_ranks(target: Any, tmp: Path, world_size: int = 2) -> list[dict[str, An
 
 
 def _gloo_rank(rank: int, world_size: int, init_method: str, out_dir: str) -> None:
-    from inferd.distributed.parallel_state import (
-        destroy_tensor_parallel,
-        init_tensor_parallel,
-        tp_all_reduce,
-        tp_custom_all_reduce,
-    )
+    from inferd.distributed.parallel_state import init_tensor_parallel, tp_all_reduce, tp_custom_all_reduce
 
     class FailsOnRankOne(CustomAllReduce):
         def _check(self) -> str | None:
@@ -104,8 +101,13 @@ def _gloo_rank(rank: int, world_size: int, init_method: str, out_dir: str) -> No
             "partial": (partial.enabled, partial.reason),
         }
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        destroy_tensor_parallel()
+        torch.distributed.barrier()  # both ranks are done with every collective
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    # Leave without tearing the group down: a gloo teardown racing the peer's exit can abort the process.
+    os._exit(0)
 
 
 def test_cpu_gloo_group_never_builds_it(tmp_path: Path) -> None:
