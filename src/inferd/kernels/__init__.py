@@ -7,10 +7,10 @@ Each function has the contract written in ``kernels/reference.py``; ``triton_att
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from types import ModuleType
-
-import torch
 
 from inferd.kernels import reference
 
@@ -68,34 +68,10 @@ def select_backend(device_type: str) -> str:
     return backend
 
 
-def _unfused_qk_norm_rope_store(
-    qkv: torch.Tensor,
-    positions: torch.Tensor,
-    cos_sin_cache: torch.Tensor,
-    q_norm_weight: torch.Tensor | None,
-    k_norm_weight: torch.Tensor | None,
-    eps: float,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    is_neox: bool = True,
-) -> torch.Tensor:
-    """``qk_norm_rope_store`` as the installed backend's separate kernels (rms_norm ×2, rotary_embedding,
-    store_kv_cache), for comparisons; the Triton rotary may rotate ``qkv``'s q/k slices in place."""
-    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
-    q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-    q = q.unflatten(-1, (num_heads, head_dim))  # [num_tokens, num_heads, head_dim]
-    k = k.unflatten(-1, (num_kv_heads, head_dim))  # [num_tokens, num_kv_heads, head_dim]
-    if q_norm_weight is not None:
-        q = rms_norm(q, q_norm_weight, eps)
-    if k_norm_weight is not None:
-        k = rms_norm(k, k_norm_weight, eps)
-    q, k = rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
-    store_kv_cache(k, v.unflatten(-1, (num_kv_heads, head_dim)), k_cache, v_cache, slot_mapping)
-    return q.flatten(-2)
+# ``qk_norm_rope_store`` as the installed backend's separate kernels (for comparisons: INFERD_FUSED_QK_ROPE=0).
+_unfused_qk_norm_rope_store = functools.partial(
+    reference.qk_norm_rope_store_separately, sys.modules[__name__]
+)
 
 
 def _install(module: ModuleType, names: tuple[str, ...]) -> None:

@@ -1,10 +1,14 @@
 """Pure-torch kernels: the CPU path and the oracle the Triton kernels are tested against.
 
-Every public function here has the same signature and contract as its Triton twin in ``kernels/triton_*.py``.
+Every kernel here has the same signature and contract as its Triton twin in ``kernels/triton_*.py``
+(``qk_norm_rope_store_separately`` is not a kernel: it composes the attention prologue from any backend's kernels).
 These versions favour clarity over speed (``paged_attention`` loops over sequences on the host).
 """
 
 from __future__ import annotations
+
+import sys
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -186,6 +190,31 @@ def qk_norm_rope_store(
     Returns q [num_tokens, num_heads * head_dim] in ``qkv.dtype``; ``qkv`` is not modified. Same values as
     ``rms_norm`` (float32, rounded to ``qkv.dtype``) → ``rotary_embedding`` → ``store_kv_cache``.
     """
+    return qk_norm_rope_store_separately(
+        sys.modules[__name__], qkv, positions, cos_sin_cache, q_norm_weight, k_norm_weight, eps, k_cache,
+        v_cache, slot_mapping, num_heads, num_kv_heads, head_dim, is_neox,
+    )  # fmt: skip
+
+
+def qk_norm_rope_store_separately(
+    ops: ModuleType,
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    q_norm_weight: torch.Tensor | None,
+    k_norm_weight: torch.Tensor | None,
+    eps: float,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    is_neox: bool = True,
+) -> torch.Tensor:
+    """:func:`qk_norm_rope_store` as separate calls of ``ops.rms_norm`` (×2), ``ops.rotary_embedding`` and
+    ``ops.store_kv_cache``: this module's (the reference) or an installed backend's (to compare the fused kernel
+    with the separate ones; a Triton rotary may rotate ``qkv``'s q/k slices in place)."""
     _check_qkv_shapes(qkv, positions, slot_mapping, num_heads, num_kv_heads, head_dim)
     q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
     q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
@@ -193,11 +222,11 @@ def qk_norm_rope_store(
     k = k.unflatten(-1, (num_kv_heads, head_dim))  # [num_tokens, num_kv_heads, head_dim]
     v = v.unflatten(-1, (num_kv_heads, head_dim))
     if q_norm_weight is not None:
-        q = rms_norm(q, q_norm_weight, eps)
+        q = ops.rms_norm(q, q_norm_weight, eps)
     if k_norm_weight is not None:
-        k = rms_norm(k, k_norm_weight, eps)
-    q, k = rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
-    store_kv_cache(k, v, k_cache, v_cache, slot_mapping)
+        k = ops.rms_norm(k, k_norm_weight, eps)
+    q, k = ops.rotary_embedding(positions, q, k, cos_sin_cache, is_neox)
+    ops.store_kv_cache(k, v, k_cache, v_cache, slot_mapping)
     return q.flatten(-2)
 
 
