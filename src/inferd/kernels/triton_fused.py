@@ -20,19 +20,7 @@ import triton.language as tl
 
 from inferd.kernels.reference import _check_qkv_shapes
 from inferd.kernels.triton_attention import _check_cache
-
-
-@triton.jit
-def _pair_indices(HALF: tl.constexpr, IS_NEOX: tl.constexpr, BLOCK_HALF: tl.constexpr):
-    """Dims (idx1, idx2) [BLOCK_HALF] rotated together (neox: the two halves; GPT-J: even/odd), and their mask."""
-    i = tl.arange(0, BLOCK_HALF)
-    if IS_NEOX:
-        idx1 = i
-        idx2 = i + HALF
-    else:
-        idx1 = 2 * i
-        idx2 = 2 * i + 1
-    return idx1, idx2, i < HALF
+from inferd.kernels.triton_ops import _pair_indices
 
 
 @triton.jit

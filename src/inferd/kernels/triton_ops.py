@@ -168,6 +168,19 @@ def _rotate_heads(
 
 
 @triton.jit
+def _pair_indices(HALF: tl.constexpr, IS_NEOX: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """Dims (idx1, idx2) [BLOCK_HALF] rotated together (neox: the two halves; GPT-J: even/odd), and their mask."""
+    i = tl.arange(0, BLOCK_HALF)
+    if IS_NEOX:
+        idx1 = i
+        idx2 = i + HALF
+    else:
+        idx1 = 2 * i
+        idx2 = 2 * i + 1
+    return idx1, idx2, i < HALF
+
+
+@triton.jit
 def _rotary_kernel(
     positions_ptr,
     q_ptr,
@@ -189,15 +202,9 @@ def _rotary_kernel(
     tok = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + tok).to(tl.int64)
     i = tl.arange(0, BLOCK_HALF)
-    i_ok = i < HALF
+    idx1, idx2, i_ok = _pair_indices(HALF, IS_NEOX, BLOCK_HALF)
     cos = tl.load(cos_sin_ptr + pos * stride_cs + i, mask=i_ok, other=0.0).to(tl.float32)
     sin = tl.load(cos_sin_ptr + pos * stride_cs + HALF + i, mask=i_ok, other=0.0).to(tl.float32)
-    if IS_NEOX:
-        idx1 = i
-        idx2 = i + HALF
-    else:
-        idx1 = 2 * i
-        idx2 = 2 * i + 1
     _rotate_heads(
         q_ptr + tok * stride_q_tok, stride_q_head, num_q_heads, cos, sin, idx1, idx2, i_ok, BLOCK_HQ
     )
