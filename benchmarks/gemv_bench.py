@@ -9,6 +9,8 @@ one CUDA graph, cycling over enough copies of the weight that they overflow the 
 the weight bytes over ``--bandwidth`` (3.35 TB/s, the H100 SXM datasheet). Each shape's output is checked against a
 float32 matmul (``err``: relative Frobenius error). Totals per model sum the layer times x layers + lm_head.
 ``--sweep`` then times alternative launch configs on the 0.6B and 8B shapes to tune ``triton_gemv``'s table.
+Then every ``down`` projection is timed as the MLP runs it: ``silu_and_mul`` + skinny GEMM (two kernels) vs
+``silu_and_mul_linear`` (one kernel), with ``same`` = the two give identical bits (``--no-fused`` skips this).
 The first output line is the GPU name; a config that fails is reported and skipped.
 """
 
@@ -304,6 +306,51 @@ def sweep(table: dict[tuple[int, int], dict[int, Result]], args: argparse.Namesp
     return found
 
 
+def fused_mlp(args: argparse.Namespace) -> list[dict]:
+    """The down projection with its activation: two kernels vs the fused one, per down shape and M."""
+    from inferd.kernels import triton_gemv, triton_ops
+
+    def unfused(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return triton_gemv.linear(triton_ops.silu_and_mul(a), w)
+
+    shapes = list(
+        dict.fromkeys((K, N) for _, layers in MODELS.values() for name, K, N in layers if name == "down")
+    )
+    print(f"\n{'down K':>7}{'N':>6}{'M':>3} {'2 kernels':>9} {'fused':>7} {'saved':>6}  same  config")
+    rows = []
+    for K, N in shapes:
+        weights = make_weights(K, N, args.calls, args.flush_mb * 2**20)
+        sms = torch.cuda.get_device_properties(0).multi_processor_count
+        for m in M_VALUES:
+            x = torch.randn(m, 2 * K, device="cuda", dtype=DTYPE)  # [M, 2K]: gate | up
+            row: dict = {
+                "K": K,
+                "N": N,
+                "M": m,
+                "config": triton_gemv.pick_config(m, N, K, DTYPE, sms).describe(K),
+            }
+            try:
+                row["same"] = torch.equal(
+                    unfused(x, weights[0]), triton_gemv.silu_and_mul_linear(x, weights[0])
+                )
+                row["unfused_us"] = graph_us(unfused, x, weights, args.calls, args.replays)
+                row["fused_us"] = graph_us(
+                    triton_gemv.silu_and_mul_linear, x, weights, args.calls, args.replays
+                )
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {e}"[:300]
+            u, f = row.get("unfused_us"), row.get("fused_us")
+            print(
+                f"{K:>7}{N:>6}{m:>3} {_fmt(u, '9.1f'):>9} {_fmt(f, '7.1f'):>7} "
+                f"{_fmt(u - f if u and f else None, '6.1f'):>6}  {row.get('same', '-')!s:<5} {row['config']}"
+                + (f"  ERROR {row['error']}" if "error" in row else "")
+            )
+            rows.append(row)
+        del weights
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-json", default=None, help="write every row, the totals and the sweep here")
@@ -313,6 +360,7 @@ def main() -> None:
     p.add_argument("--bandwidth", type=float, default=3.35e12, help="bytes/s for the roof column")
     p.add_argument("--sweep", action="store_true", help="also time alternative launch configs")
     p.add_argument("--sweep-seconds", type=float, default=240)
+    p.add_argument("--no-fused", action="store_true", help="skip the silu_and_mul_linear vs two-kernel table")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failed configs")
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -338,6 +386,7 @@ def main() -> None:
     total_rows = totals(table, args.bandwidth)
     print(f"\nmain table took {time.monotonic() - began:.1f} s")
     found = sweep(table, args) if args.sweep else []
+    fused_rows = [] if args.no_fused else fused_mlp(args)
     if args.output_json:
         report = {
             "gpu": torch.cuda.get_device_name(0),
@@ -347,6 +396,7 @@ def main() -> None:
             "rows": rows,
             "totals": total_rows,
             "sweep": found,
+            "fused_mlp": fused_rows,
         }
         with open(args.output_json, "w") as f:
             json.dump(report, f, indent=1)

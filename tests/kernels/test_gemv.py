@@ -1,14 +1,19 @@
-"""The skinny GEMM (``triton_gemv.linear``) computes ``F.linear`` for 1..16 rows, and ``kernels.linear`` dispatches.
+"""The skinny GEMM (``triton_gemv.linear``) computes ``F.linear`` for 1..16 rows, and ``kernels.linear`` dispatches;
+``triton_gemv.silu_and_mul_linear`` computes ``linear(silu_and_mul(x))`` in the same kernel (``kernels.silu_and_mul_linear``).
 
 On CPU the kernel runs through ``TRITON_INTERPRET=1`` in float32 (relative error <= 1e-4) and float16 (the
-interpreter's bfloat16 ``tl.dot`` is wrong, so bf16 is checked on the GPU only); on a GPU in bf16 at every linear
-shape of Qwen3-0.6B, Qwen3-8B and Llama-3.1-8B (also at tensor parallel 2) with relative error <= 1e-2. Every float
-buffer the kernel allocates starts as NaN, so an unwritten output element fails the test.
+interpreter's bfloat16 ``tl.dot`` is wrong, so bf16 is checked on the CPU for one row (no ``tl.dot``) and otherwise on
+the GPU); on a GPU in bf16 at every linear shape of Qwen3-0.6B, Qwen3-8B and Llama-3.1-8B (also at tensor parallel 2)
+with relative error <= 1e-2. Every float buffer the kernel allocates starts as NaN, so an unwritten output element
+fails the test (a split-K tile whose last-arriving program was not recognised is never written). Split-K sums its
+partials in a fixed order in one kernel through per-tile arrival counters: results are bit-identical run to run and the
+counters are back at zero after every launch.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -20,7 +25,7 @@ if not torch.cuda.is_available():
     )  # before the kernel module defines its @triton.jit functions
 
 from inferd import kernels
-from inferd.kernels import reference, triton_gemv
+from inferd.kernels import reference, triton_gemv, triton_ops
 from inferd.kernels.triton_gemv import GemvConfig
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -46,6 +51,9 @@ def _model_shapes() -> list[tuple[int, int]]:
 
 
 MODEL_SHAPES = _model_shapes()
+DOWN_SHAPES = list(
+    dict.fromkeys(s for layers in _LAYERS.values() for s in (layers[3], (layers[3][0] // 2, layers[3][1])))
+)  # (intermediate, hidden) of every down projection, whole and at tensor parallel 2
 ODD_SHAPES = [
     (1000, 1000),
     (1040, 4100),
@@ -89,6 +97,27 @@ def oracle(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Te
     return F.linear(x.double(), w.double(), b.double() if b is not None else None)
 
 
+def silu_oracle(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """linear(silu_and_mul(x)) in float64, the activation rounded to x's dtype as the contract says."""
+    inter = x.shape[1] // 2
+    h = (F.silu(x[:, :inter].double()) * x[:, inter:].double()).to(x.dtype)  # [M, I]
+    return oracle(h, w, b)
+
+
+def counters_are_zero(device: str) -> bool:
+    counters = triton_gemv._COUNTERS.get(torch.device(device))
+    return counters is not None and not counters.any()
+
+
+SPLIT_CONFIGS = [
+    GemvConfig(use_dot=False, block_n=16, block_k=64, num_warps=4, num_stages=3, k_split=128),
+    GemvConfig(use_dot=False, block_n=8, block_k=64, num_warps=4, num_stages=1, k_split=64),
+    GemvConfig(use_dot=True, block_n=16, block_k=64, num_warps=4, num_stages=2, k_split=128),
+    GemvConfig(use_dot=True, block_n=32, block_k=32, num_warps=4, num_stages=3),
+    GemvConfig(use_dot=True, block_n=16, block_k=16, num_warps=4, num_stages=2, k_split=16),
+]
+
+
 # ---------------------------------------------------------------------------------------------- CPU (interpreter)
 
 
@@ -105,23 +134,119 @@ def test_linear_matches_reference_fp32(m: int, k: int, n: int, bias: bool) -> No
 
 
 @needs_interpreter
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        GemvConfig(use_dot=False, block_n=16, block_k=64, num_warps=4, num_stages=3, k_split=128),
-        GemvConfig(use_dot=False, block_n=8, block_k=64, num_warps=4, num_stages=1, k_split=64),
-        GemvConfig(use_dot=True, block_n=16, block_k=64, num_warps=4, num_stages=2, k_split=128),
-        GemvConfig(use_dot=True, block_n=32, block_k=32, num_warps=4, num_stages=3),
-        GemvConfig(use_dot=True, block_n=16, block_k=16, num_warps=4, num_stages=2, k_split=16),
-    ],
-    ids=lambda c: c.describe(200).replace(" ", "-"),
-)
+@pytest.mark.parametrize("cfg", SPLIT_CONFIGS, ids=lambda c: c.describe(200).replace(" ", "-"))
 @pytest.mark.parametrize("m", [1, 5])
 def test_split_k_and_ragged_tiles(cfg: GemvConfig, m: int) -> None:
     """K = 200 leaves a partial last K chunk (and a short last split); N = 70 a partial last column tile;
-    up to 13 splits (the reduction's split tile is masked)."""
+    up to 13 splits."""
     x, w, b = make_inputs(m, 200, 70, torch.float32, "cpu", bias=True, seed=m)
     assert rel_err(triton_gemv.launch(x, w, b, cfg), oracle(x, w, b)) <= 1e-4
+
+
+@needs_interpreter
+@pytest.mark.parametrize("cfg", SPLIT_CONFIGS, ids=lambda c: c.describe(200).replace(" ", "-"))
+@pytest.mark.parametrize("m", [1, 5])
+def test_split_k_is_deterministic_and_resets_its_counters(cfg: GemvConfig, m: int) -> None:
+    x, w, b = make_inputs(m, 200, 70, torch.float32, "cpu", bias=True, seed=m)
+    first = triton_gemv.launch(x, w, b, cfg)
+    assert cfg.split_k(200) == 1 or counters_are_zero("cpu")
+    again = triton_gemv.launch(x, w, b, cfg)
+    assert torch.equal(first, again)
+
+
+@needs_interpreter
+def test_split_k_calls_of_other_shapes_follow_each_other() -> None:
+    """Split calls with different column-tile counts and split counts reuse the same counters one after another:
+    each must find its counters at zero (a stale count would pick a program that is not the last to arrive, whose sum
+    reads NaN workspace)."""
+    cases = [  # (m, K, N, cfg)
+        (1, 200, 70, SPLIT_CONFIGS[0]),  # 5 tiles x 2 splits
+        (3, 300, 130, SPLIT_CONFIGS[4]),  # 9 tiles x 19 splits
+        (1, 96, 40, SPLIT_CONFIGS[1]),  # 5 tiles x 2 splits
+        (4, 200, 33, SPLIT_CONFIGS[2]),  # 3 tiles x 2 splits
+    ]
+    outs = []
+    for m, k, n, cfg in cases + cases:
+        assert cfg.split_k(k) > 1
+        x, w, b = make_inputs(m, k, n, torch.float32, "cpu", bias=True, seed=k + n)
+        out = triton_gemv.launch(x, w, b, cfg)
+        assert rel_err(out, oracle(x, w, b)) <= 1e-4
+        assert counters_are_zero("cpu")
+        outs.append(out)
+    for first, again in zip(outs[: len(cases)], outs[len(cases) :], strict=True):
+        assert torch.equal(first, again)
+
+
+def test_counters_are_allocated_eagerly_and_never_during_a_capture(monkeypatch: pytest.MonkeyPatch) -> None:
+    device = torch.device("cpu")
+    monkeypatch.setattr(triton_gemv, "_COUNTERS", {})
+    monkeypatch.setattr(triton_gemv, "_RETIRED_COUNTERS", [])
+    monkeypatch.setattr(triton_gemv, "_capturing", lambda d: True)
+    with pytest.raises(RuntimeError, match="CUDA-graph capture"):
+        triton_gemv._arrival_counters(device, 8)
+    monkeypatch.setattr(triton_gemv, "_capturing", lambda d: False)
+    small = triton_gemv._arrival_counters(device, 8)
+    assert small.dtype == torch.int32 and small.numel() >= 4096 and not small.any()
+    assert triton_gemv._arrival_counters(device, 4096) is small  # big enough: reused
+    monkeypatch.setattr(triton_gemv, "_capturing", lambda d: True)
+    assert triton_gemv._arrival_counters(device, 100) is small  # no allocation needed: fine while capturing
+    with pytest.raises(RuntimeError, match="run the same call once eagerly"):
+        triton_gemv._arrival_counters(device, 5000)
+    monkeypatch.setattr(triton_gemv, "_capturing", lambda d: False)
+    grown = triton_gemv._arrival_counters(device, 5000)
+    assert grown.numel() >= 5000 and not grown.any()
+    assert triton_gemv._RETIRED_COUNTERS == [small]  # a graph captured earlier may still use the old buffer
+
+
+@needs_interpreter
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(64, 48), (200, 70), (192, 130), (1000, 24)], ids=lambda s: f"I{s[0]}-N{s[1]}"
+)
+@pytest.mark.parametrize("m", [1, 3, 8, 16])
+def test_silu_and_mul_linear_matches_reference(
+    m: int, shape: tuple[int, int], dtype: torch.dtype, bias: bool
+) -> None:
+    inter, n = shape
+    x, w, b = make_inputs(m, 2 * inter, n, dtype, "cpu", bias, seed=m + inter)
+    w = w[:, :inter].contiguous()  # [N, I]
+    out = triton_gemv.silu_and_mul_linear(x, w, b)
+    assert out.dtype == dtype and out.shape == (m, n)
+    tol = 1e-4 if dtype == torch.float32 else 2e-3
+    assert rel_err(out, silu_oracle(x, w, b)) <= tol
+    assert rel_err(out, reference.silu_and_mul_linear(x, w, b)) <= tol
+    assert torch.equal(
+        out, triton_gemv.linear(triton_ops.silu_and_mul(x), w, b)
+    )  # same math as the two kernels
+
+
+@needs_interpreter
+@pytest.mark.parametrize("cfg", SPLIT_CONFIGS, ids=lambda c: c.describe(200).replace(" ", "-"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("m", [1, 5])
+def test_silu_and_mul_linear_split_configs(cfg: GemvConfig, m: int, dtype: torch.dtype) -> None:
+    """Every config, split or not, ragged K and N: the fused kernel equals silu_and_mul then the same config's linear
+    bit for bit, is deterministic and leaves the counters at zero."""
+    if dtype == torch.bfloat16 and (m > 1 or cfg.use_dot):
+        pytest.skip("the interpreter's bfloat16 tl.dot is wrong (checked on the GPU)")
+    x, w, b = make_inputs(m, 400, 70, dtype, "cpu", bias=True, seed=m)
+    w = w[:, :200].contiguous()  # [70, 200]
+    out = triton_gemv.launch(x, w, b, cfg, silu_mul=True)
+    assert rel_err(out, silu_oracle(x, w, b)) <= {torch.float32: 1e-4, torch.float16: 2e-3}.get(dtype, 1e-2)
+    assert torch.equal(out, triton_gemv.launch(triton_ops.silu_and_mul(x), w, b, cfg))
+    assert cfg.split_k(200) == 1 or counters_are_zero("cpu")
+    assert torch.equal(out, triton_gemv.launch(x, w, b, cfg, silu_mul=True))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("m", [1, 4])
+def test_silu_and_mul_linear_strided_rows(m: int) -> None:
+    x_wide, w, b = make_inputs(m, 512, 96, torch.float32, "cpu", bias=True)
+    x = x_wide[:, :320]  # [M, 2 * 160], row stride 512: the up half starts 160 elements into each row
+    w = w[:, :160]  # a view with row stride 512
+    out = triton_gemv.silu_and_mul_linear(x, w, b)
+    assert rel_err(out, silu_oracle(x, w, b)) <= 1e-4
 
 
 @needs_interpreter
@@ -156,6 +281,16 @@ def test_linear_rejects_bad_shapes() -> None:
     too_many_splits = GemvConfig(use_dot=False, block_n=8, block_k=16, num_warps=4, num_stages=1, k_split=16)
     with pytest.raises(ValueError, match="splits"):
         triton_gemv.launch(torch.zeros(1, 16 * 65), torch.zeros(4, 16 * 65), None, too_many_splits)
+    with pytest.raises(ValueError, match="2 \\* K"):
+        triton_gemv.silu_and_mul_linear(torch.zeros(2, 8), torch.zeros(4, 8))
+
+
+@needs_interpreter
+def test_dispatch_silu_and_mul_linear_falls_back_off_cuda() -> None:
+    x, w, b = make_inputs(4, 96, 48, torch.float32, "cpu", bias=True)
+    w = w[:, :48].contiguous()
+    expected = F.linear(triton_ops.silu_and_mul(x), w, b)
+    assert torch.equal(triton_gemv.dispatch_silu_and_mul_linear(x, w, b), expected)
 
 
 def test_dispatch_falls_back_to_f_linear_off_cuda() -> None:
@@ -171,10 +306,39 @@ def test_select_backend_installs_linear(monkeypatch: pytest.MonkeyPatch, flag: s
         kernels.select_backend("cuda")
         expected = triton_gemv.dispatch_linear if flag == "1" else reference.linear
         assert kernels.linear is expected
+        fused = triton_gemv.dispatch_silu_and_mul_linear
+        assert kernels.silu_and_mul_linear is (fused if flag == "1" else kernels._unfused_silu_and_mul_linear)
+        if (
+            flag == "0" and INTERPRET
+        ):  # the two kernels: Triton silu_and_mul, then linear on cuBLAS (here F.linear)
+            x, w, b = make_inputs(3, 64, 40, torch.float32, "cpu", bias=True)
+            w = w[:, :32].contiguous()
+            expected_out = reference.linear(triton_ops.silu_and_mul(x), w, b)
+            assert torch.equal(kernels.silu_and_mul_linear(x, w, b), expected_out)
     finally:
         monkeypatch.delenv("INFERD_KERNEL_BACKEND")
         kernels.select_backend("cpu")
     assert kernels.linear is reference.linear
+    assert kernels.silu_and_mul_linear is reference.silu_and_mul_linear
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_mlp_fuses_the_activation_into_the_down_projection(bias: bool) -> None:
+    """RowLinear(silu_mul_input=True) and DecoderMLP (tensor parallel 1, reference kernels) equal the unfused layers;
+    tests/e2e/test_tp.py checks tensor parallel 2 end to end."""
+    from inferd.layers.linear import RowLinear
+    from inferd.models.llama import DecoderMLP
+
+    torch.manual_seed(0)
+    mlp = DecoderMLP(32, 48, bias)
+    for p in mlp.parameters():
+        p.data.copy_(torch.randn_like(p))
+    x = torch.randn(5, 32)
+    gate_up = mlp.gate_up_proj(x)  # [5, 96]
+    assert isinstance(mlp.down_proj, RowLinear)
+    unfused = mlp.down_proj(reference.silu_and_mul(gate_up))
+    assert torch.equal(mlp.down_proj(gate_up, silu_mul_input=True), unfused)
+    assert torch.equal(mlp(x), unfused)
 
 
 # ---------------------------------------------------------------------------------------------------------- GPU
@@ -235,3 +399,91 @@ def test_dispatch_on_cuda() -> None:
     xt = x[:4].t().contiguous().t()  # non-contiguous rows: cuBLAS
     assert torch.equal(triton_gemv.dispatch_linear(xt, w, b), F.linear(xt, w, b))
     assert rel_err(triton_gemv.dispatch_linear(x[:4], w, b), oracle(x[:4], w, b)) <= 1e-2
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 8, 16])
+@pytest.mark.parametrize(
+    "shape", [(2048, 1024), (3072, 1024), (12288, 1024), (1024, 512)], ids=lambda s: f"K{s[0]}-N{s[1]}"
+)
+def test_split_k_is_deterministic_on_gpu(shape: tuple[int, int], m: int) -> None:
+    """The memory-ordering check of the split-K arrival counters: the last program to arrive must see every other
+    program's partials. A stale read shows up as a run-to-run difference or an error vs the unsplit kernel."""
+    k, n = shape
+    cfg = triton_gemv.pick_config(m, n, k, torch.bfloat16, triton_gemv._sm_count(torch.device("cuda")))
+    assert cfg.split_k(k) > 1
+    x, w, b = make_inputs(m, k, n, torch.bfloat16, "cuda", bias=True, seed=m)
+    first = triton_gemv.linear(x, w, b)
+    outs = [triton_gemv.linear(x, w, b) for _ in range(200)]
+    torch.cuda.synchronize()
+    assert all(torch.equal(first, o) for o in outs)
+    assert counters_are_zero("cuda:0")
+    unsplit = triton_gemv.launch(x, w, b, replace(cfg, k_split=0))
+    assert rel_err(first, unsplit.float()) <= 1e-2
+    assert rel_err(first, oracle(x, w, b)) <= 1e-2
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("shape", DOWN_SHAPES, ids=lambda s: f"I{s[0]}-N{s[1]}")
+def test_silu_and_mul_linear_equals_the_two_kernels_bf16(shape: tuple[int, int], m: int) -> None:
+    """The fused MLP down projection gives the unfused path's bits (Triton silu_and_mul, then the skinny GEMM)."""
+    inter, n = shape
+    x, w, _ = make_inputs(m, 2 * inter, n, torch.bfloat16, "cuda", bias=False, seed=m)
+    w = w[:, :inter].contiguous()
+    out = triton_gemv.silu_and_mul_linear(x, w)
+    assert torch.equal(out, triton_gemv.linear(triton_ops.silu_and_mul(x), w))
+    assert torch.equal(out, triton_gemv.silu_and_mul_linear(x, w))
+    assert rel_err(out, silu_oracle(x, w, None)) <= 1e-2
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 3, 8, 16])
+@pytest.mark.parametrize(
+    "shape", [(1000, 1000), (4100, 333), (3000, 130), (1544, 1024)], ids=lambda s: f"I{s[0]}-N{s[1]}"
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+def test_silu_and_mul_linear_odd_shapes_with_bias(shape: tuple[int, int], m: int, dtype: torch.dtype) -> None:
+    inter, n = shape
+    x, w, b = make_inputs(m, 2 * inter, n, dtype, "cuda", bias=True, seed=inter + m)
+    w = w[:, :inter].contiguous()
+    out = triton_gemv.silu_and_mul_linear(x, w, b)
+    assert rel_err(out, silu_oracle(x, w, b)) <= (1e-4 if dtype == torch.float32 else 1e-2)
+    assert torch.equal(out, triton_gemv.linear(triton_ops.silu_and_mul(x), w, b))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 8])
+@pytest.mark.parametrize("shape", [(3072, 1024), (1024, 4096)], ids=["narrow", "wide"])
+def test_silu_and_mul_linear_replays_in_a_cuda_graph(shape: tuple[int, int], m: int) -> None:
+    inter, n = shape
+    x, w, b = make_inputs(m, 2 * inter, n, torch.bfloat16, "cuda", bias=True)
+    w = w[:, :inter].contiguous()
+    static_x = x.clone()
+    triton_gemv.silu_and_mul_linear(static_x, w, b)  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = triton_gemv.silu_and_mul_linear(static_x, w, b)
+    for seed in range(3):
+        static_x.copy_(make_inputs(m, 2 * inter, n, torch.bfloat16, "cuda", bias=False, seed=seed + 1)[0])
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, triton_gemv.silu_and_mul_linear(static_x, w, b))
+        assert rel_err(out, silu_oracle(static_x, w, b)) <= 1e-2
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_dispatch_silu_and_mul_linear_on_cuda() -> None:
+    x, w, b = make_inputs(17, 2048, 512, torch.bfloat16, "cuda", bias=True)
+    w = w[:, :1024].contiguous()
+    unfused = F.linear(triton_ops.silu_and_mul(x), w, b)  # 17 rows: Triton silu_and_mul, then cuBLAS
+    assert torch.equal(triton_gemv.dispatch_silu_and_mul_linear(x, w, b), unfused)
+    fused = triton_gemv.dispatch_silu_and_mul_linear(x[:4], w, b)
+    assert torch.equal(fused, triton_gemv.silu_and_mul_linear(x[:4], w, b))
+    assert rel_err(fused, silu_oracle(x[:4], w, b)) <= 1e-2

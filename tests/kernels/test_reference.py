@@ -146,6 +146,28 @@ def test_silu_and_mul():
     torch.testing.assert_close(ref.silu_and_mul(x), F.silu(x[:, :24]) * x[:, 24:])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_silu_and_mul_linear_is_the_composition(bias: bool, dtype: torch.dtype):
+    """The fused MLP contract: silu_and_mul (rounded to x's dtype) then linear, bit for bit."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 2 * 24).to(dtype)
+    w = torch.randn(7, 24).to(dtype)
+    b = torch.randn(7).to(dtype) if bias else None
+    out = ref.silu_and_mul_linear(x, w, b)
+    assert out.dtype == dtype and out.shape == (5, 7)
+    assert torch.equal(out, ref.linear(ref.silu_and_mul(x), w, b))
+    h = (F.silu(x[:, :24].double()) * x[:, 24:].double()).to(dtype).double()  # rounded as the contract says
+    expected = F.linear(h, w.double(), b.double() if bias else None)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out.double(), expected, atol=tol * 5, rtol=tol)
+
+
+def test_silu_and_mul_linear_rejects_mismatched_halves():
+    with pytest.raises(ValueError, match="2 \\* K"):
+        ref.silu_and_mul_linear(torch.zeros(2, 24), torch.zeros(3, 24))
+
+
 def _cos_sin_cache(max_pos: int, rot_dim: int, theta: float = 10000.0) -> torch.Tensor:
     inv_freq = 1.0 / theta ** (torch.arange(0, rot_dim, 2).float() / rot_dim)
     freqs = torch.outer(torch.arange(max_pos).float(), inv_freq)

@@ -12,7 +12,7 @@ from typing import Any
 from inferd.config import EngineArgs, EngineConfig
 from inferd.engine.core_client import EngineCoreClient, EngineDeadError
 from inferd.engine.core_types import EngineCoreOutputs, SchedulerStats
-from inferd.engine.dp_client import DPEngineCoreClient
+from inferd.engine.dp_client import DPEngineCoreClient, start_engine_client
 from inferd.engine.input_processor import InputProcessor
 from inferd.engine.output_processor import OutputProcessor
 from inferd.engine.stats import StatLoggerBase
@@ -50,20 +50,22 @@ class AsyncLLM:
 
     @classmethod
     async def create(
-        cls, engine_args: EngineArgs, stat_loggers: list[StatLoggerBase] | None = None
+        cls,
+        engine_args: EngineArgs,
+        stat_loggers: list[StatLoggerBase] | None = None,
+        client: EngineCoreClient | DPEngineCoreClient | None = None,
     ) -> AsyncLLM:
         """Resolve the config, load the tokenizer and start the engine-core process (one per data-parallel replica);
-        returns once it is (they all are) ready.
+        returns once it is (they all are) ready. ``client``: engine processes already started by
+        :func:`inferd.engine.dp_client.start_engine_client` for these arguments (the server starts them before it
+        imports this module, so that the engine's own imports and model load begin at once).
 
         Raises ValueError for engine arguments or models it cannot serve, or too few GPUs for the replicas.
         """
         # The engine process starts at once and resolves the same arguments itself, so its imports and model
         # load overlap with this process's config and tokenizer work (a faster cold start).
-        client: EngineCoreClient | DPEngineCoreClient
-        if engine_args.data_parallel_size > 1:
-            client = await asyncio.to_thread(DPEngineCoreClient.start, engine_args)
-        else:
-            client = EngineCoreClient(engine_args)
+        if client is None:
+            client = await asyncio.to_thread(start_engine_client, engine_args)
         try:
             config = await asyncio.to_thread(engine_args.create_engine_config)
             input_processor = await asyncio.to_thread(InputProcessor, config.model_config)

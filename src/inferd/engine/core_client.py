@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -34,6 +35,7 @@ def run_engine_core(
     out_conn: Connection,
     log_level: int,
     env: dict[str, str] | None = None,
+    launched_at: float | None = None,
 ) -> None:
     """Entry point of the engine-core process; resolves EngineArgs itself when given them.
 
@@ -52,6 +54,8 @@ def run_engine_core(
             torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
         from inferd.engine.engine_core import EngineCore
 
+        if launched_at is not None:
+            logger.info("Engine process up, imports done %.1f s after launch", time.time() - launched_at)
         if isinstance(config, EngineArgs):
             config = config.create_engine_config()
         core = EngineCore(config)
@@ -118,7 +122,14 @@ class EngineCoreClient:
         self._out_recv, core_out_send = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=run_engine_core,
-            args=(config, core_in_recv, core_out_send, logging.getLogger("inferd").getEffectiveLevel(), env),
+            args=(
+                config,
+                core_in_recv,
+                core_out_send,
+                logging.getLogger("inferd").getEffectiveLevel(),
+                env,
+                time.time(),
+            ),
             name=name,
             daemon=True,
         )

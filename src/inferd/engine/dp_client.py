@@ -306,3 +306,11 @@ class SyncDPClient:
 
     def shutdown(self) -> None:
         self._finalizer()
+
+
+def start_engine_client(engine_args: EngineArgs) -> EngineCoreClient | DPEngineCoreClient:
+    """Start the engine-core process(es) for ``engine_args`` without waiting for them: one process, or one per
+    data-parallel replica. Light to import (no torch), so a frontend can call it before its own heavy imports."""
+    if engine_args.data_parallel_size > 1:
+        return DPEngineCoreClient.start(engine_args)
+    return EngineCoreClient(engine_args)

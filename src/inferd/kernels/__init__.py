@@ -22,6 +22,7 @@ _NAMES = (
     "silu_and_mul",
     "rotary_embedding",
     "linear",
+    "silu_and_mul_linear",
     "qk_norm_rope_store",
     "temperature_race_sample",
 )
@@ -33,6 +34,7 @@ fused_add_rms_norm = reference.fused_add_rms_norm
 silu_and_mul = reference.silu_and_mul
 rotary_embedding = reference.rotary_embedding
 linear = reference.linear
+silu_and_mul_linear = reference.silu_and_mul_linear
 qk_norm_rope_store = reference.qk_norm_rope_store
 temperature_race_sample = reference.temperature_race_sample
 backend = "torch"
@@ -43,7 +45,10 @@ def select_backend(device_type: str) -> str:
 
     ``INFERD_KERNEL_BACKEND=torch`` forces the pure-torch kernels (e.g. to compare against them on a GPU).
     With Triton, ``linear`` sends CUDA batches of at most 16 rows to the skinny GEMM and the rest to cuBLAS;
-    ``INFERD_SKINNY_GEMM=0`` keeps every ``linear`` on cuBLAS. ``INFERD_FUSED_QK_ROPE=0`` replaces the fused
+    ``silu_and_mul_linear`` (the MLP's activation + down projection) runs as one skinny-GEMM kernel where ``linear``
+    would use the skinny GEMM, else as ``silu_and_mul`` then ``linear``.
+    ``INFERD_SKINNY_GEMM=0`` keeps every ``linear`` on cuBLAS and ``silu_and_mul_linear`` as the backend's
+    ``silu_and_mul`` followed by ``linear`` (two kernels). ``INFERD_FUSED_QK_ROPE=0`` replaces the fused
     attention prologue (``qk_norm_rope_store``) by the backend's separate norm, rotary and cache-write kernels.
     """
     global backend
@@ -57,6 +62,8 @@ def select_backend(device_type: str) -> str:
         _install(triton_ops, ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding"))
         skinny = os.environ.get("INFERD_SKINNY_GEMM", "1") != "0"
         globals()["linear"] = triton_gemv.dispatch_linear if skinny else reference.linear
+        fused_mlp = triton_gemv.dispatch_silu_and_mul_linear if skinny else _unfused_silu_and_mul_linear
+        globals()["silu_and_mul_linear"] = fused_mlp
         _install(triton_fused, ("qk_norm_rope_store",))
         _install(triton_sampling, ("temperature_race_sample",))
         backend = "triton"
@@ -71,6 +78,11 @@ def select_backend(device_type: str) -> str:
 # ``qk_norm_rope_store`` as the installed backend's separate kernels (for comparisons: INFERD_FUSED_QK_ROPE=0).
 _unfused_qk_norm_rope_store = functools.partial(
     reference.qk_norm_rope_store_separately, sys.modules[__name__]
+)
+
+# ``silu_and_mul_linear`` as the installed backend's ``silu_and_mul`` then ``linear`` (INFERD_SKINNY_GEMM=0).
+_unfused_silu_and_mul_linear = functools.partial(
+    reference.silu_and_mul_linear_separately, sys.modules[__name__]
 )
 
 
@@ -88,6 +100,7 @@ __all__ = [
     "rotary_embedding",
     "select_backend",
     "silu_and_mul",
+    "silu_and_mul_linear",
     "store_kv_cache",
     "temperature_race_sample",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "rms_norm",
     "rotary_embedding",
     "silu_and_mul",
+    "silu_and_mul_linear",
     "store_kv_cache",
 ]
 
@@ -162,6 +163,30 @@ def rotary_embedding(
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias``: x [M, K], weight [N, K], bias [N] or None -> [M, N] in ``x.dtype`` (``F.linear``)."""
     return F.linear(x, weight, bias)
+
+
+def silu_and_mul_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``linear(silu_and_mul(x), weight, bias)``: the gated MLP's activation and down projection in one call.
+
+    x: [M, 2 * I] (gate | up, this rank's slice of each), weight [N, I], bias [N] or None -> [M, N] in ``x.dtype``;
+    the activation is rounded to ``x.dtype`` before the matmul, as the two separate kernels do.
+    """
+    return silu_and_mul_linear_separately(sys.modules[__name__], x, weight, bias)
+
+
+def silu_and_mul_linear_separately(
+    ops: ModuleType, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`silu_and_mul_linear` as ``ops.silu_and_mul`` then ``ops.linear``: this module's (the reference) or an
+    installed backend's (the unfused path, ``INFERD_SKINNY_GEMM=0``)."""
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != 2 * weight.shape[1]:
+        raise ValueError(
+            f"silu_and_mul_linear needs x [M, 2 * K] and weight [N, K]; got {tuple(x.shape)} and "
+            f"{tuple(weight.shape)}"
+        )
+    return ops.linear(ops.silu_and_mul(x), weight, bias)
 
 
 def qk_norm_rope_store(

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from inferd.kernels import pdl
+from inferd.kernels.pdl import wait_and_release
 from inferd.kernels.reference import _check_qkv_shapes
 from inferd.kernels.triton_attention import _check_cache
 from inferd.kernels.triton_ops import _pair_indices
@@ -121,7 +123,9 @@ def _qk_norm_rope_store_kernel(
     BLOCK_HALF: tl.constexpr,
     BLOCK_PASS: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_and_release(USE_PDL)
     tok = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)  # query heads, then key heads
     row_ptr = qkv_ptr + tok * stride_qkv
@@ -249,5 +253,6 @@ def qk_norm_rope_store(
         BLOCK_PASS=triton.next_power_of_2(max(1, head_dim - rot_dim)),
         BLOCK_D=triton.next_power_of_2(head_dim),
         num_warps=1 if block_half <= 64 else 2,
+        **pdl.launch_kwargs(qkv.device),
     )
     return q

@@ -4,13 +4,21 @@ At these sizes a linear layer is a weight stream: every weight element is read o
 the kernel's job is to keep enough bytes in flight to run HBM at full speed. Each program owns ``BLOCK_N`` output
 columns for all ``M`` rows and walks a slice of ``K`` in coalesced ``[BLOCK_N, BLOCK_K]`` tiles (software-pipelined
 ``NUM_STAGES`` deep). ``M == 1`` uses a float32 FMA accumulator reduced once at the end; ``M > 1`` pads the rows to
-``BLOCK_M = 16`` and uses ``tl.dot(w_tile, x_tile.T)`` (tensor cores; the padding costs no memory traffic). When
-``N / BLOCK_N`` tiles cannot fill the GPU, ``K`` is split across programs that write float32 partials, and a second
-kernel sums them in a fixed order (deterministic) and adds the bias.
+``BLOCK_M = 16`` and uses ``tl.dot(w_tile, x_tile.T)`` (tensor cores; the padding costs no memory traffic).
+
+When ``N / BLOCK_N`` tiles cannot fill the GPU, ``K`` is split across programs, still in ONE kernel: each program
+writes its float32 partial tile to a workspace and bumps its column tile's arrival counter (a gpu-scope acq_rel
+atomic); the last program to arrive sums the partials in split order 0..S-1 (deterministic, whatever the arrival
+order), adds the bias, writes the output and resets the counter to zero. The counters are a persistent per-device
+int32 buffer (:func:`_arrival_counters`), so a launch (and a CUDA-graph replay) allocates nothing but the output and
+the workspace. Launches sharing a device's counters must not run concurrently (one stream, as the model runner does).
+
+``silu_and_mul_linear`` is the same kernel with a prologue that builds each x tile as ``silu(gate) * up`` from a
+``[gate | up]`` input (the MLP's down projection fed by the un-activated gate_up output): one kernel instead of two.
 
 Launch parameters come from a small table (:func:`pick_config`) keyed on ``M``, ``N``, ``K`` and the SM count: no
-autotuning at run time, no host syncs, and the only allocations are the output (and the split-K workspace), so a call
-can be captured in a CUDA graph once the kernel has been compiled by an eager call.
+autotuning at run time and no host syncs, so a call can be captured in a CUDA graph once an eager call has compiled
+the kernel (and allocated the device's split-K counters).
 """
 
 from __future__ import annotations
@@ -23,24 +31,56 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from inferd.kernels import pdl
+from inferd.kernels.pdl import release, wait
+
 MAX_M = 16  # largest batch the skinny kernel serves; larger ones go to cuBLAS
 MAX_SPLIT_K = 64
 _DOT_BLOCK_M = 16  # tl.dot's smallest tile side
-_REDUCE_TILE = 2048  # split-K partials each reduce program sums at once
+_MIN_COUNTERS = 4096  # split-K arrival counters allocated per device at least (one per column tile)
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _DEFAULT_SMS = 132  # H100 SXM; used where the device has no SM count (CPU interpreter)
 
+# device -> int32 split-K arrival counters (all zero between launches); outgrown buffers stay alive in the retired
+# list because CUDA graphs captured before the growth still point at them.
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+_RETIRED_COUNTERS: list[torch.Tensor] = []
 
-@triton.jit(do_not_specialize=["M", "stride_os"])
+
+@triton.jit
+def _load_x(x_ptrs, kk, K, EVEN_K: tl.constexpr, SILU_MUL: tl.constexpr):
+    """The x tile at ``x_ptrs`` (row pointers broadcast against ``kk``). With ``SILU_MUL`` the rows are
+    ``[gate | up]`` (the up half starts ``K`` elements after the gate half) and the tile is
+    ``silu(gate) * up``: float32 math rounded to x's dtype, exactly as ``triton_ops.silu_and_mul`` computes it."""
+    if SILU_MUL:
+        if EVEN_K:
+            gate = tl.load(x_ptrs).to(tl.float32)
+            up = tl.load(x_ptrs + K).to(tl.float32)
+        else:
+            gate = tl.load(x_ptrs, mask=kk < K, other=0.0).to(tl.float32)
+            up = tl.load(x_ptrs + K, mask=kk < K, other=0.0).to(tl.float32)
+        xv = (gate * tl.sigmoid(gate) * up).to(x_ptrs.dtype.element_ty)
+    else:
+        if EVEN_K:
+            xv = tl.load(x_ptrs)
+        else:
+            xv = tl.load(x_ptrs, mask=kk < K, other=0.0)
+    return xv
+
+
+@triton.jit(do_not_specialize=["M", "stride_os", "split_k"])
 def _gemv_kernel(
     x_ptr,
     w_ptr,
     b_ptr,
     out_ptr,
+    ws_ptr,
+    cnt_ptr,
     M,
     N,
     K,
     k_split,
+    split_k,
     stride_xm,
     stride_wn,
     stride_om,
@@ -49,11 +89,15 @@ def _gemv_kernel(
     USE_DOT: tl.constexpr,
     IEEE_DOT: tl.constexpr,
     EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    SILU_MUL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     NUM_STAGES: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait(USE_PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
@@ -63,7 +107,6 @@ def _gemv_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     k_begin = pid_k * k_split
     k_end = tl.minimum(k_begin + k_split, K)
-    out_base = out_ptr + pid_k.to(tl.int64) * stride_os
     if USE_DOT:
         offs_m = tl.arange(0, BLOCK_M)
         x_rows = x_ptr + tl.minimum(offs_m, M - 1) * stride_xm  # [BLOCK_M] padded rows reread row M - 1
@@ -72,60 +115,56 @@ def _gemv_kernel(
             kk = k + offs_k  # [BLOCK_K]
             if EVEN_K:
                 w = tl.load(w_rows[:, None] + kk[None, :])  # [BLOCK_N, BLOCK_K]
-                xv = tl.load(x_rows[:, None] + kk[None, :])  # [BLOCK_M, BLOCK_K]
             else:
-                k_ok = (kk < K)[None, :]
-                w = tl.load(w_rows[:, None] + kk[None, :], mask=k_ok, other=0.0)
-                xv = tl.load(x_rows[:, None] + kk[None, :], mask=k_ok, other=0.0)
+                w = tl.load(w_rows[:, None] + kk[None, :], mask=(kk < K)[None, :], other=0.0)
+            x_ptrs = x_rows[:, None] + kk[None, :]  # [BLOCK_M, BLOCK_K]
+            xv = _load_x(x_ptrs, kk[None, :], K, EVEN_K, SILU_MUL)
             w = w.to(xv.dtype)
             if IEEE_DOT:
                 acc = tl.dot(w, tl.trans(xv), acc, input_precision="ieee")  # [BLOCK_N, BLOCK_M]
             else:
                 acc = tl.dot(w, tl.trans(xv), acc)
-        if HAS_BIAS:
-            bias = tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-            acc = acc + bias[:, None]
-        out_ptrs = out_base + offs_m[None, :] * stride_om + offs_n[:, None]  # [BLOCK_N, BLOCK_M]
-        out_mask = n_ok[:, None] & (offs_m < M)[None, :]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+        tile = offs_m[None, :] * stride_om + offs_n[:, None]  # [BLOCK_N, BLOCK_M] offsets in one [M, N] plane
+        tile_ok = n_ok[:, None] & (offs_m < M)[None, :]
+        bias_offs = offs_n[:, None]  # [BLOCK_N, 1]
+        bias_ok = n_ok[:, None]
     else:
         acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k in tl.range(k_begin, k_end, BLOCK_K, num_stages=NUM_STAGES):
             kk = k + offs_k
             if EVEN_K:
                 w = tl.load(w_rows[:, None] + kk[None, :])  # [BLOCK_N, BLOCK_K]
-                xv = tl.load(x_ptr + kk)  # [BLOCK_K]
             else:
                 w = tl.load(w_rows[:, None] + kk[None, :], mask=(kk < K)[None, :], other=0.0)
-                xv = tl.load(x_ptr + kk, mask=kk < K, other=0.0)
+            xv = _load_x(x_ptr + kk, kk, K, EVEN_K, SILU_MUL)  # [BLOCK_K]
             acc2 += w.to(tl.float32) * xv.to(tl.float32)[None, :]
-        y = tl.sum(acc2, axis=1)  # [BLOCK_N]
+        acc = tl.sum(acc2, axis=1)  # [BLOCK_N]
+        tile = offs_n
+        tile_ok = n_ok
+        bias_offs = offs_n
+        bias_ok = n_ok
+    release(USE_PDL)  # the weight stream is done: the next kernel may launch
+    if SPLIT:
+        # Publish this split's float32 partial, then count arrivals at this column tile. The barrier orders every
+        # thread's partial stores before the (single-thread, gpu-scope acq_rel) atomic that releases them; the last
+        # program to arrive acquires all of them, sums them in split order 0..S-1 (deterministic whatever the
+        # arrival order), writes the output and resets the counter for the next launch / graph replay.
+        tl.store(ws_ptr + pid_k.to(tl.int64) * stride_os + tile, acc, mask=tile_ok)
+        tl.debug_barrier()
+        arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if arrived == split_k - 1:
+            total = tl.load(ws_ptr + tile, mask=tile_ok, other=0.0, cache_modifier=".cg")
+            for s in range(1, split_k):
+                part = tl.load(ws_ptr + s * stride_os + tile, mask=tile_ok, other=0.0, cache_modifier=".cg")
+                total += part
+            if HAS_BIAS:
+                total += tl.load(b_ptr + bias_offs, mask=bias_ok, other=0.0).to(tl.float32)
+            tl.store(out_ptr + tile, total.to(out_ptr.dtype.element_ty), mask=tile_ok)
+            tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")
+    else:
         if HAS_BIAS:
-            y += tl.load(b_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        tl.store(out_base + offs_n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
-
-
-@triton.jit(do_not_specialize=["total", "split_k"])
-def _split_k_reduce_kernel(
-    ws_ptr,
-    b_ptr,
-    out_ptr,
-    total,
-    N,
-    split_k,
-    HAS_BIAS: tl.constexpr,
-    SPLIT_BLOCK: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # flat index into [M, N]
-    splits = tl.arange(0, SPLIT_BLOCK)
-    mask = offs < total
-    tile_mask = (splits < split_k)[:, None] & mask[None, :]
-    parts = tl.load(ws_ptr + splits[:, None] * total + offs[None, :], mask=tile_mask, other=0.0)
-    acc = tl.sum(parts, axis=0)  # [BLOCK], a fixed reduction tree: deterministic
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs % N, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+            acc += tl.load(b_ptr + bias_offs, mask=bias_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + tile, acc.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
 
 @dataclass(frozen=True)
@@ -189,14 +228,47 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: GemvConfig) -> torch.Tensor:
-    """``linear`` with explicit launch parameters (tests and benchmarks sweep these)."""
-    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"linear needs x [M, K] and weight [N, K]; got {tuple(x.shape)} and {tuple(weight.shape)}"
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _arrival_counters(device: torch.device, n_tiles: int) -> torch.Tensor:
+    """The split-K arrival counters of ``device``: a persistent int32 tensor of at least ``n_tiles`` zeros (every
+    launch leaves the counters it used at zero). Allocated on first use and grown only outside a CUDA-graph capture;
+    an outgrown buffer is kept alive, since graphs captured earlier still point at it."""
+    counters = _COUNTERS.get(device)
+    if counters is not None and counters.numel() >= n_tiles:
+        return counters
+    if _capturing(device):
+        have = 0 if counters is None else counters.numel()
+        raise RuntimeError(
+            f"the split-K GEMV needs {n_tiles} arrival counters on {device} but has {have}, and they cannot be "
+            "allocated during a CUDA-graph capture: run the same call once eagerly before capturing."
         )
-    M, K = x.shape
-    N = weight.shape[0]
+    if counters is not None:
+        _RETIRED_COUNTERS.append(counters)
+    size = max(_MIN_COUNTERS, triton.next_power_of_2(n_tiles))
+    counters = torch.zeros(size, dtype=torch.int32, device=device)
+    _COUNTERS[device] = counters
+    return counters
+
+
+def launch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cfg: GemvConfig,
+    *,
+    silu_mul: bool = False,
+) -> torch.Tensor:
+    """``linear`` with explicit launch parameters (tests and benchmarks sweep these). With ``silu_mul``, ``x`` is
+    ``[M, 2 * K]`` (gate | up) and the product is ``silu_and_mul(x) @ weight.T (+ bias)``."""
+    what = "silu_and_mul_linear needs x [M, 2 * K]" if silu_mul else "linear needs x [M, K]"
+    width = 2 * weight.shape[1] if weight.dim() == 2 else -1
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != (width if silu_mul else weight.shape[1]):
+        raise ValueError(f"{what} and weight [N, K]; got {tuple(x.shape)} and {tuple(weight.shape)}")
+    M = x.shape[0]
+    N, K = weight.shape
     if M > MAX_M:
         raise ValueError(f"the skinny GEMM serves at most {MAX_M} rows; got {M}")
     if bias is not None and bias.shape != (N,):
@@ -217,45 +289,41 @@ def launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg
             f"k_split {cfg.k_split} must be a multiple of block_k {block_k} giving at most {MAX_SPLIT_K} splits"
         )
     k_split = cfg.k_split if split_k > 1 else triton.cdiv(K, block_k) * block_k
-    dst = out if split_k == 1 else torch.empty((split_k, M, N), dtype=torch.float32, device=x.device)
-    _gemv_kernel[(triton.cdiv(N, block_n), split_k)](
+    n_tiles = triton.cdiv(N, block_n)
+    if split_k > 1:
+        workspace = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device)  # per-split partials
+        counters = _arrival_counters(x.device, n_tiles)
+    else:
+        workspace, counters = out, out  # unused
+    _gemv_kernel[(n_tiles, split_k)](
         x,
         weight,
         bias if bias is not None else weight,
-        dst,
+        out,
+        workspace,
+        counters,
         M,
         N,
         K,
         k_split,
+        split_k,
         x.stride(0),
         weight.stride(0),
         N,
         M * N,
-        HAS_BIAS=bias is not None and split_k == 1,
+        HAS_BIAS=bias is not None,
         USE_DOT=use_dot,
         IEEE_DOT=x.dtype == torch.float32,
         EVEN_K=K % block_k == 0,
+        SPLIT=split_k > 1,
+        SILU_MUL=silu_mul,
         BLOCK_M=_DOT_BLOCK_M if use_dot else 1,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         NUM_STAGES=cfg.num_stages,
         num_warps=cfg.num_warps,
+        **pdl.launch_kwargs(x.device),
     )
-    if split_k > 1:
-        split_block = max(4, triton.next_power_of_2(split_k))
-        block = _REDUCE_TILE // split_block
-        _split_k_reduce_kernel[(triton.cdiv(M * N, block),)](
-            dst,
-            bias if bias is not None else dst,
-            out,
-            M * N,
-            N,
-            split_k,
-            HAS_BIAS=bias is not None,
-            SPLIT_BLOCK=split_block,
-            BLOCK=block,
-            num_warps=4,
-        )
     return out
 
 
@@ -265,14 +333,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Returns a new [M, N] tensor in ``x.dtype``; products are accumulated in float32 (split-K partials are summed in a
     fixed order, so results are deterministic). Capturable in a CUDA graph after one eager call per shape class.
     """
-    cfg = pick_config(x.shape[0], weight.shape[0], x.shape[-1], x.dtype, _sm_count(x.device))
+    cfg = pick_config(x.shape[0], weight.shape[0], weight.shape[-1], x.dtype, _sm_count(x.device))
     return launch(x, weight, bias, cfg)
 
 
-def dispatch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``kernels.linear`` on CUDA: the skinny kernel for a contiguous 2-D CUDA ``x`` of 1..16 rows whose weight shares
-    its dtype and has a contiguous last dim; ``F.linear`` (cuBLAS) for everything else."""
-    if (
+def silu_and_mul_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``linear(silu_and_mul(x), weight, bias)`` in one kernel for x [M, 2 * K] (gate | up) with ``M <= 16``,
+    weight [N, K], bias [N] or None. The activation is computed as ``triton_ops.silu_and_mul`` computes it (float32,
+    rounded to ``x.dtype``) and fed to the same launch config as :func:`linear` at K, so on the GPU the result is
+    bit-identical to the two-kernel path. Same capture rules as :func:`linear`."""
+    cfg = pick_config(x.shape[0], weight.shape[0], weight.shape[-1], x.dtype, _sm_count(x.device))
+    return launch(x, weight, bias, cfg, silu_mul=True)
+
+
+def _skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (
         x.is_cuda
         and x.dim() == 2
         and 0 < x.shape[0] <= MAX_M
@@ -281,6 +358,24 @@ def dispatch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         and weight.dim() == 2
         and weight.dtype == x.dtype
         and weight.stride(1) == 1
-    ):
+    )
+
+
+def dispatch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``kernels.linear`` on CUDA: the skinny kernel for a contiguous 2-D CUDA ``x`` of 1..16 rows whose weight shares
+    its dtype and has a contiguous last dim; ``F.linear`` (cuBLAS) for everything else."""
+    if _skinny_ok(x, weight):
         return linear(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def dispatch_silu_and_mul_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``kernels.silu_and_mul_linear`` on CUDA: the fused skinny kernel where :func:`dispatch_linear` would use the
+    skinny kernel (and ``x`` is [M, 2 * K]); otherwise ``triton_ops.silu_and_mul`` then :func:`dispatch_linear`."""
+    if _skinny_ok(x, weight) and x.shape[1] == 2 * weight.shape[1]:
+        return silu_and_mul_linear(x, weight, bias)
+    from inferd.kernels import triton_ops
+
+    return dispatch_linear(triton_ops.silu_and_mul(x), weight, bias)

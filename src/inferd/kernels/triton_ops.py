@@ -11,6 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
+from inferd.kernels import pdl
+from inferd.kernels.pdl import wait_and_release
+
 _TILE_ELEMS = 4096  # elements per program for the row-wise kernels
 
 
@@ -32,7 +35,9 @@ def _rms_norm_kernel(
     HAS_RESIDUAL: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_and_release(USE_PDL)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] flat row over [A, B]
     cols = tl.arange(0, BLOCK_C)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
@@ -84,7 +89,9 @@ def _launch_rms_norm(
     if n_rows == 0:
         return out, res_out
     block_c = triton.next_power_of_2(hidden)
-    block_r = max(1, min(_TILE_ELEMS // block_c, triton.next_power_of_2(n_rows)))
+    # Rows per program from the width alone (not the row count): one compiled variant serves every batch size,
+    # which keeps first-start compilation short; a partial last tile is masked.
+    block_r = max(1, _TILE_ELEMS // block_c)
     _rms_norm_kernel[(triton.cdiv(n_rows, block_r),)](
         x3,
         r3,
@@ -103,6 +110,7 @@ def _launch_rms_norm(
         BLOCK_R=block_r,
         BLOCK_C=block_c,
         num_warps=8 if block_r * block_c >= 4096 else 4,
+        **pdl.launch_kwargs(x.device),
     )
     return out, res_out
 
@@ -125,7 +133,8 @@ def fused_add_rms_norm(
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, inter, stride_x, BLOCK: tl.constexpr):
+def _silu_and_mul_kernel(x_ptr, out_ptr, inter, stride_x, BLOCK: tl.constexpr, USE_PDL: tl.constexpr):
+    wait_and_release(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
@@ -147,7 +156,9 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
         return out
     block = min(1024, triton.next_power_of_2(inter))
     grid = (x2.shape[0], triton.cdiv(inter, block))
-    _silu_and_mul_kernel[grid](x2, out, inter, x2.stride(0), BLOCK=block, num_warps=4)
+    _silu_and_mul_kernel[grid](
+        x2, out, inter, x2.stride(0), BLOCK=block, num_warps=4, **pdl.launch_kwargs(x.device)
+    )
     return out
 
 

@@ -12,6 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from inferd.kernels import pdl
+from inferd.kernels.pdl import wait_and_release
+
 _BLOCK_V = 2048
 _TINY = float(torch.finfo(torch.float32).tiny)
 
@@ -31,7 +34,9 @@ def _race_kernel(
     n_splits,
     tiny,
     BLOCK_V: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_and_release(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     inv_t = 1.0 / tl.load(temp_ptr + row).to(tl.float32)
@@ -84,6 +89,7 @@ def temperature_race_sample(logits: torch.Tensor, temperature: torch.Tensor, q: 
         _TINY,
         BLOCK_V=_BLOCK_V,
         num_warps=8,
+        **pdl.launch_kwargs(logits.device),
     )
     winner = best_val.argmax(dim=1, keepdim=True)  # [B, 1]: first split holding the maximum
     return best_idx.gather(1, winner).squeeze(1).to(torch.int64)

@@ -140,11 +140,17 @@ class RowLinear(LinearBase):
         start = self.tp_rank * self.input_size_per_partition
         load_slice(param.data, loaded_weight, (self.output_size, self.input_size), 1, start)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [num_tokens, input_size / tp] -> [num_tokens, output_size]."""
+    def forward(self, x: torch.Tensor, *, silu_mul_input: bool = False) -> torch.Tensor:
+        """x: [num_tokens, input_size / tp] -> [num_tokens, output_size].
+
+        With ``silu_mul_input`` x is the un-activated gated-MLP input [num_tokens, 2 * input_size / tp], this rank's
+        ``[gate_local | up_local]`` (a :class:`MergedGateUpLinear` output), and the local matmul applies
+        ``silu(gate) * up`` first, fused into one kernel (``kernels.silu_and_mul_linear``).
+        """
+        matmul = kernels.silu_and_mul_linear if silu_mul_input else kernels.linear
         if self.tp_size == 1:
-            return kernels.linear(x, self.weight, self.bias)
-        out = tp_all_reduce(kernels.linear(x, self.weight))  # [num_tokens, output_size]
+            return matmul(x, self.weight, self.bias)
+        out = tp_all_reduce(matmul(x, self.weight))  # [num_tokens, output_size]
         return out if self.bias is None else out + self.bias
 
 

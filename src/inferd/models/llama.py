@@ -15,7 +15,6 @@ from torch import nn
 
 from inferd import kernels
 from inferd.distributed.parallel_state import divide_for_tp, local_num_heads, local_num_kv_heads
-from inferd.layers.activation import SiluAndMul
 from inferd.layers.attention import Attention
 from inferd.layers.attention_metadata import AttentionMetadata
 from inferd.layers.layernorm import RMSNorm
@@ -118,15 +117,18 @@ class DecoderAttention(nn.Module):
 
 
 class DecoderMLP(nn.Module):
+    """``down_proj(silu(gate_proj(x)) * up_proj(x))``; the activation runs inside the down projection's kernel
+    (``kernels.silu_and_mul_linear``), which takes this rank's ``[gate_local | up_local]`` gate_up output."""
+
     def __init__(self, hidden_size: int, intermediate_size: int, bias: bool) -> None:
         super().__init__()
         self.gate_up_proj = MergedGateUpLinear(hidden_size, intermediate_size, bias=bias)
         self.down_proj = RowLinear(intermediate_size, hidden_size, bias=bias)
-        self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [num_tokens, hidden] -> [num_tokens, hidden]."""
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+        gate_up = self.gate_up_proj(x)  # [num_tokens, 2 * intermediate / tp]
+        return self.down_proj(gate_up, silu_mul_input=True)  # all-reduced over the TP ranks
 
 
 class DecoderLayer(nn.Module):

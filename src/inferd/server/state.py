@@ -57,9 +57,17 @@ EngineFactory = Callable[[EngineArgs, list[StatLoggerBase]], Coroutine[Any, Any,
 async def _default_engine_factory(
     engine_args: EngineArgs, stat_loggers: list[StatLoggerBase]
 ) -> EngineClient:
-    # Importing the engine pulls in torch: do it off the event loop so /health answers meanwhile.
-    module = await asyncio.to_thread(importlib.import_module, "inferd.engine.async_llm")
-    return await module.AsyncLLM.create(engine_args, stat_loggers=stat_loggers)
+    # Start the engine process(es) first: their imports and model load then run while this process imports the
+    # frontend (torch, transformers: seconds), off the event loop so /health answers meanwhile.
+    from inferd.engine.dp_client import start_engine_client
+
+    client = await asyncio.to_thread(start_engine_client, engine_args)
+    try:
+        module = await asyncio.to_thread(importlib.import_module, "inferd.engine.async_llm")
+    except BaseException:
+        client.shutdown()
+        raise
+    return await module.AsyncLLM.create(engine_args, stat_loggers=stat_loggers, client=client)
 
 
 def served_names_of(engine_args: EngineArgs) -> tuple[str, ...]:

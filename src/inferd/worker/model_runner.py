@@ -50,8 +50,11 @@ class ModelRunner:
         self.scheduler_config = config.scheduler_config
         self.device = torch.device(config.device_config.device)
         if self.device.type == "cuda":
+            start = time.perf_counter()
             self.device = torch.device("cuda", rank)
             torch.cuda.set_device(self.device)
+            torch.empty(1, device=self.device)  # creates the CUDA context now, so its cost shows in the log
+            logger.info("CUDA context on %s in %.1f s", self.device, time.perf_counter() - start)
         self.dtype = _DTYPES[self.model_config.dtype]
         self.block_size = self.cache_config.block_size
         hf_config = self.model_config.hf_config
