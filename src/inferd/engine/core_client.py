@@ -47,6 +47,13 @@ def run_engine_core(
     tag = multiprocessing.current_process().name.removeprefix("inferd-engine-")
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{tag}] %(name)s: %(message)s")
     parent = os.getppid()
+    warmup = None
+    if isinstance(
+        config, EngineArgs
+    ):  # compile first-start Triton kernels while this process imports and resolves
+        from inferd.worker import kernel_warmup
+
+        warmup = kernel_warmup.start(config)
     try:
         if env and "OMP_NUM_THREADS" in env:
             import torch
@@ -58,8 +65,10 @@ def run_engine_core(
             logger.info("Engine process up, imports done %.1f s after launch", time.time() - launched_at)
         if isinstance(config, EngineArgs):
             config = config.create_engine_config()
-        core = EngineCore(config)
+        core = EngineCore(config, kernel_warmup=warmup)
     except Exception as e:  # report load failures (bad weights, too little memory) to the frontend
+        for proc in warmup or []:
+            proc.kill()
         out_conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     try:

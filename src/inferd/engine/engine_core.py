@@ -4,6 +4,7 @@ process behind the async frontend (engine/core_proc.py)."""
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 
 from inferd.config import EngineConfig
@@ -11,6 +12,7 @@ from inferd.engine.core_types import EngineCoreOutputs, EngineCoreRequest
 from inferd.engine.request import Request
 from inferd.engine.scheduler import Scheduler
 from inferd.worker.executor import make_executor
+from inferd.worker.kernel_warmup import finish as finish_kernel_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +21,18 @@ class EngineCore:
     """Owns the scheduler and the executor (the model runner of every tensor-parallel rank). Not thread-safe:
     one caller drives ``step()``; call ``shutdown()`` when done (it stops tensor-parallel workers)."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, kernel_warmup: list[subprocess.Popen[bytes]] | None = None) -> None:
+        """``kernel_warmup``: the processes :func:`inferd.worker.kernel_warmup.start` started for this engine; they
+        must have exited before the memory profile, which this waits for."""
         self.config = config
-        self.executor = make_executor(config)
+        try:
+            self.executor = make_executor(config)
+        except BaseException:
+            finish_kernel_warmup(kernel_warmup, timeout=0)
+            raise
         try:
             self.runner = self.executor.driver  # rank 0: host-side queries only
+            finish_kernel_warmup(kernel_warmup)
             num_blocks = self.executor.collective_rpc("determine_num_blocks")
             self._check_capacity(num_blocks)
             self.executor.collective_rpc("initialize_kv_cache", num_blocks)

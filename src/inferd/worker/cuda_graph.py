@@ -9,6 +9,7 @@ import time
 import numpy as np
 import torch
 
+from inferd.kernels import pdl
 from inferd.layers.attention_metadata import AttentionMetadata
 
 logger = logging.getLogger(__name__)
@@ -67,16 +68,23 @@ class CudaGraphRunner:
         hidden = self.model(self.input_ids[:bs], self.positions[:bs], self._metadata(bs))
         return self.model.compute_logits(hidden)
 
+    def forward_eagerly(self, bs: int) -> torch.Tensor:
+        """The bucket's forward without a graph: compiles its kernels (the warm-up before capture; also what
+        :mod:`inferd.worker.kernel_warmup` runs). Call under ``pdl.active(bs <= pdl.MAX_GRAPH_BATCH)`` to compile
+        the same kernel variants as :meth:`capture`."""
+        return self._forward(bs)
+
     @torch.inference_mode()
     def capture(self) -> None:
         start = time.perf_counter()
         pool = None
         for bs in reversed(self.buckets):  # largest first so smaller graphs reuse its memory
-            self._forward(bs)  # warm-up: Triton compilation, allocator
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                out = self._forward(bs)
+            with pdl.active(bs <= pdl.MAX_GRAPH_BATCH):  # small steps: hide the gaps between ~300 kernels
+                self.forward_eagerly(bs)  # warm-up: Triton compilation, allocator
+                torch.cuda.synchronize(self.device)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    out = self._forward(bs)
             if pool is None:
                 pool = graph.pool()
             self.graphs[bs] = (graph, out)

@@ -1,0 +1,237 @@
+"""First-start Triton compilation in a side process, while the engine process resolves its config.
+
+On a fresh machine an engine spends ~9 s importing transformers to resolve the model config and then ~10 s compiling
+Triton kernels (memory profile and CUDA-graph capture), one after the other. The compilation only depends on the
+model's shapes, which ``config.json`` states plainly, so the engine process starts two warm-up processes first:
+each builds a one-layer copy of the model from the raw ``config.json`` (no transformers import) with dummy weights;
+one runs the memory profile's prefill batch, the other each decode-graph bucket's forward, eagerly; then they exit. Triton writes
+every kernel it compiles to its on-disk cache, where the engine finds them. The engine waits for this process to
+exit before its memory profile (so the profile sees only its own memory), and kills them if they take too long.
+
+It is only an optimisation: any failure here (an unusual config, too little memory) just leaves the cache as it
+was, and the engine compiles what it needs itself. ``INFERD_KERNEL_WARMUP=0`` turns it off; it runs only for a
+single engine on one CUDA GPU (no tensor or data parallelism) and a model whose ``config.json`` is on this machine
+already.
+
+    python -m inferd.worker.kernel_warmup '<json spec>'   (started by :func:`start`)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from inferd.config import EngineArgs
+
+logger = logging.getLogger(__name__)
+
+_MAX_WEIGHT_SHARE = 0.5  # no warm-up when the weights take more than this share of the GPU (the two processes
+# share the GPU while the engine loads its weights)
+
+
+def _local_config_json(args: EngineArgs) -> str | None:
+    """config.json of the model if it is on this machine already (a folder, or the hub cache), without network."""
+    if os.path.isdir(args.model):
+        path = os.path.join(args.model, "config.json")
+        return path if os.path.isfile(path) else None
+    if args.model.endswith(".gguf") or os.path.exists(args.model):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(
+            args.model, "config.json", cache_dir=args.download_dir, revision=args.revision
+        )
+    except Exception:  # not a hub id, bad revision, ...
+        return None
+    return found if isinstance(found, str) else None
+
+
+def spec_for(args: EngineArgs) -> dict[str, Any] | None:
+    """What the warm-up process needs, or None when it would not help (or could get in the way)."""
+    if os.environ.get("INFERD_KERNEL_WARMUP", "1") == "0":
+        return None
+    if args.tensor_parallel_size != 1 or args.data_parallel_size != 1 or args.device == "cpu":
+        return None  # (data parallel: every replica would compile the same kernels at once)
+    if args.trust_remote_code:
+        return None
+    config_json = _local_config_json(args)
+    if config_json is None:
+        return None
+    return {
+        "config_json": config_json,
+        "dtype": args.dtype,
+        "max_model_len": args.max_model_len,
+        "block_size": args.block_size,
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens or 8192,
+        "enforce_eager": args.enforce_eager,
+        "seed": args.seed,
+    }
+
+
+PARTS = (
+    "prefill",
+    "decode",
+)  # compiled by two processes side by side: the profile's prefill, the graph buckets
+
+
+def start(args: EngineArgs) -> list[subprocess.Popen[bytes]] | None:
+    """Start the warm-up processes for ``args`` (one per part of :data:`PARTS`, compiling in parallel; see the
+    module docstring); None when the warm-up does not apply."""
+    spec = spec_for(args)
+    if spec is None:
+        return None
+    debug = os.environ.get("INFERD_KERNEL_WARMUP") == "debug"
+    out = None if debug else subprocess.DEVNULL
+    procs = []
+    for part in PARTS if not spec["enforce_eager"] else PARTS[:1]:
+        try:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "inferd.worker.kernel_warmup", json.dumps({**spec, "part": part})],
+                    stdout=out,
+                    stderr=out,
+                )
+            )
+        except OSError:
+            break
+    return procs or None
+
+
+def finish(procs: list[subprocess.Popen[bytes]] | None, timeout: float = 300.0) -> None:
+    """Wait for the warm-up processes to exit (killing them ``timeout`` seconds after this call)."""
+    if not procs:
+        return
+    start_time = time.perf_counter()
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, timeout - (time.perf_counter() - start_time)))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    logger.info(
+        "Kernel warm-up processes done (%s) after %.1f s more",
+        ", ".join(str(p.returncode) for p in procs),
+        time.perf_counter() - start_time,
+    )
+
+
+def _one_layer_config(raw: dict[str, Any]) -> SimpleNamespace:
+    cfg = SimpleNamespace(**raw)
+    cfg.num_hidden_layers = 1
+    if isinstance(getattr(cfg, "layer_types", None), list):
+        cfg.layer_types = cfg.layer_types[:1]
+    return cfg
+
+
+def run(spec: dict[str, Any]) -> None:
+    """Compile what the engine's memory profile and graph capture will compile (same shapes, one layer)."""
+    import torch
+
+    from inferd.config import (
+        CacheConfig,
+        DeviceConfig,
+        EngineConfig,
+        ModelConfig,
+        ParallelConfig,
+        SchedulerConfig,
+        _derive_max_model_len,
+    )
+    from inferd.kernels import pdl
+    from inferd.models.source import ModelSource, _checkpoint_dtype
+    from inferd.worker.cuda_graph import CudaGraphRunner
+    from inferd.worker.memory_profiler import run_dummy_batch
+    from inferd.worker.model_runner import ModelRunner
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not spec.get("run_on_cpu"):  # nothing to compile; the tests run it on CPU
+        return
+    with open(spec["config_json"], encoding="utf-8") as f:
+        raw = json.load(f)
+    hf_config = _one_layer_config(raw)
+    args = EngineArgs(model=os.path.dirname(spec["config_json"]), dtype=spec["dtype"])
+    dtype = args._resolve_dtype(_checkpoint_dtype(raw), device)
+    if device == "cuda" and not _fits(raw, dtype, torch.cuda.mem_get_info()[1]):
+        return
+    max_model_len = spec["max_model_len"] or _derive_max_model_len(hf_config)
+    source = ModelSource(
+        model=args.model,
+        path=args.model,
+        load_format="dummy",
+        hf_config=hf_config,  # type: ignore[arg-type]
+        checkpoint_dtype=dtype,
+        gguf_file=None,
+        tokenizer=None,
+        revision=None,
+        tokenizer_revision=None,
+        download_dir=None,
+        generation_config={},
+    )
+    max_num_seqs = spec["max_num_seqs"]
+    num_tokens = spec["max_num_batched_tokens"]
+    config = EngineConfig(
+        model_config=ModelConfig(
+            model=args.model,
+            source=source,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=spec["seed"],
+            load_format="dummy",
+            generation_config="auto",
+            served_model_names=(args.model,),
+            max_logprobs=20,
+            trust_remote_code=False,
+        ),
+        cache_config=CacheConfig(block_size=spec["block_size"]),
+        scheduler_config=SchedulerConfig(
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=num_tokens, max_model_len=max_model_len
+        ),
+        parallel_config=ParallelConfig(),
+        device_config=DeviceConfig(device=device),
+        enforce_eager=spec["enforce_eager"] or device == "cpu",
+    )
+    part = spec.get("part", "all")
+    with torch.inference_mode():
+        runner = ModelRunner(config)
+        if part in ("prefill", "all"):
+            num_seqs = max(1, min(max_num_seqs, num_tokens))
+            run_dummy_batch(runner, num_tokens, num_seqs, num_tokens // runner.block_size + num_seqs + 1)
+        if config.enforce_eager or part == "prefill":
+            return
+        runner.initialize_kv_cache(2)  # graph warm-ups write no KV (padding slots) and read block 0 only
+        graphs = CudaGraphRunner(runner.model, max_num_seqs, max_model_len, runner.block_size, runner.device)
+        for bs in reversed(graphs.buckets):
+            with pdl.active(bs <= pdl.MAX_GRAPH_BATCH):
+                graphs.forward_eagerly(bs)
+        torch.cuda.synchronize()
+
+
+def _fits(raw: dict[str, Any], dtype: str, total_bytes: int) -> bool:
+    """Whether the full model's weights leave room for this process next to the engine (a rough count)."""
+    h = int(raw.get("hidden_size") or 0)
+    inter = int(raw.get("intermediate_size") or 0)
+    layers = int(raw.get("num_hidden_layers") or 0)
+    vocab = int(raw.get("vocab_size") or 0)
+    params = layers * (4 * h * h + 3 * h * inter) + 2 * vocab * h
+    elem = 4 if dtype == "float32" else 2
+    return params * elem <= _MAX_WEIGHT_SHARE * total_bytes
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        run(json.loads(sys.argv[1]))
+    except Exception as e:  # an optimisation only: the engine compiles whatever is missing itself
+        print(f"kernel warm-up skipped: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
