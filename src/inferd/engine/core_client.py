@@ -48,9 +48,8 @@ def run_engine_core(
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{tag}] %(name)s: %(message)s")
     parent = os.getppid()
     warmup = None
-    if isinstance(
-        config, EngineArgs
-    ):  # compile first-start Triton kernels while this process imports and resolves
+    if isinstance(config, EngineArgs):
+        # Compile the first start's Triton kernels in side processes while this one imports and resolves the config.
         from inferd.worker import kernel_warmup
 
         warmup = kernel_warmup.start(config)

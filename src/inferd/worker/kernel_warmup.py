@@ -105,7 +105,7 @@ def start(args: EngineArgs) -> list[subprocess.Popen[bytes]] | None:
     return procs or None
 
 
-def finish(procs: list[subprocess.Popen[bytes]] | None, timeout: float = 300.0) -> None:
+def finish(procs: list[subprocess.Popen[bytes]] | None, timeout: float = 120.0) -> None:
     """Wait for the warm-up processes to exit (killing them ``timeout`` seconds after this call)."""
     if not procs:
         return
