@@ -2,7 +2,8 @@
 # Everything inferd does on a GPU box in one go: GPU tests, benchmarks, and the HF transformers peer.
 # Results land in $OUT (default ./gpu-results). Run from the repository root:
 #   ../shared/device/stage-wheels.sh   # (here) stage the server wheels the GPU image lacks into .whl/
-#   bash benchmarks/gpu_run.sh [tests|bench|big|peer|gemv|skinny-ab|tp|dp|all]   (tp and dp need two GPUs)
+#   bash benchmarks/gpu_run.sh [tests|bench|big|peer|gemv|skinny-ab|pdl-ab|warmup-ab|profile|tp|dp|all]
+#   (tp and dp need two GPUs; pdl-ab, warmup-ab and profile are not part of all)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
@@ -64,11 +65,41 @@ if [[ $MODE == skinny-ab ]]; then  # batch-1/8 latency with the skinny-GEMM kern
       --output-json "$OUT/latency_skinny$sk.json" 2>&1 | tee "$OUT/latency_skinny$sk.log" | grep -E "latency:|Error|error"
   done
 fi
+if [[ $MODE == pdl-ab ]]; then  # programmatic dependent launch off / on (on: decode graphs of <= 8 sequences)
+  for p in 0 1; do
+    INFERD_PDL=$p timeout 200 python3 -m inferd bench latency $CFG "${COMMON[@]}" --batch-size 1 8 32 \
+      --output-json "$OUT/latency_pdl$p.json" 2>&1 | grep -E "latency:|Error|error" | sed "s/^/pdl=$p /"
+    INFERD_PDL=$p timeout 300 python3 -m inferd bench throughput $CFG "${COMMON[@]}" \
+      --output-json "$OUT/throughput_pdl$p.json" 2>&1 | grep -E "throughput:|Error|error" | sed "s/^/pdl=$p /"
+  done
+fi
+if [[ $MODE == warmup-ab ]]; then  # cold start with an empty Triton cache, kernel warm-up processes off / on
+  for w in 0 1; do
+    rm -rf "${TRITON_CACHE_DIR:-$HOME/.triton/cache}"
+    port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+    start=$(date +%s.%N)
+    INFERD_KERNEL_WARMUP=$w python3 -m inferd serve $CFG "${COMMON[@]}" --port "$port" --host 127.0.0.1 \
+      >"$OUT/serve_warmup$w.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break; sleep 0.1; done
+    echo "warm-up=$w: cold start to ready $(python3 -c "import time; print(round(time.time() - $start, 1))") s" \
+      | tee -a "$OUT/coldstart_warmup_ab.txt"
+    kill -TERM $pid; wait $pid
+  done
+fi
+if [[ $MODE == profile ]]; then  # GPU time per kernel as the decode steps really run; attention tile sweep
+  for b in 1 256; do
+    timeout 200 python3 benchmarks/graph_profile.py $CFG --batch $b --context $((b == 1 ? 128 : 800)) --rounds 3 \
+      --output-json "$OUT/graph_profile_b$b.json" > "$OUT/graph_profile_b$b.txt" 2>&1
+  done
+  timeout 200 python3 benchmarks/attn_sweep.py --budget-s 120 --output-json "$OUT/attn_sweep.json" > "$OUT/attn_sweep.txt" 2>&1
+fi
 if [[ $MODE == gemv || $MODE == all ]]; then
   timeout 120 python3 benchmarks/gemv_bench.py --output-json "$OUT/gemv.json" 2>&1 | tee "$OUT/gemv.log" | tail -30
 fi
 if [[ $MODE == tp || $MODE == all ]] && (( $(nvidia-smi -L | wc -l) >= 2 )); then
-  timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py 2>&1 | tee "$OUT/tp_tests.log" | tail -3
+  timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_tp_gpu.py tests/unit/test_custom_all_reduce.py \
+    2>&1 | tee "$OUT/tp_tests.log" | tail -3
   L8=benchmarks/model-configs/llama-3.1-8b
   for tp in 1 2; do
     timeout 240 python3 -m inferd bench latency $L8 "${COMMON[@]}" -tp $tp --batch-size 1 --num-iters 3 \
