@@ -1,11 +1,13 @@
 """Programmatic dependent launch (PDL) for the Triton kernels of small decode steps (Hopper and newer GPUs).
 
 A kernel launched with PDL may start while the kernel before it in the stream is still finishing: its programs
-become resident and wait in :func:`wait_and_release` (``griddepcontrol.wait``: the previous kernel has completed and
-its writes are visible) before touching any memory, and later allow the next kernel to launch the same way
-(:func:`release`, ``griddepcontrol.launch_dependents``). Inside a CUDA graph of a decode step (~300 small kernels at batch 1) this
-hides most of the launch gap between consecutive kernels. Every kernel launched with :func:`launch_kwargs` must call
-:func:`wait` (or :func:`wait_and_release`) first, before any load or store.
+become resident and wait in ``triton_pdl.wait`` (``griddepcontrol.wait``: the previous kernel has completed and its
+writes are visible) before touching any memory, and later let the next kernel launch the same way
+(``triton_pdl.release``, ``griddepcontrol.launch_dependents``). Inside a CUDA graph of a decode step (~300 small
+kernels at batch 1) this hides most of the launch gap between consecutive kernels. Every kernel launched with
+:func:`launch_kwargs` must call ``wait`` (or ``wait_and_release``) first, before any load or store. This module is
+the host-side switch and imports no Triton (the CUDA-graph runner uses it); the in-kernel calls live in
+``kernels/triton_pdl.py``.
 
 It is used only while :func:`active` is on, which the CUDA-graph runner turns on for decode graphs of at most
 ``MAX_GRAPH_BATCH`` sequences: measured on an H100 (Qwen3-0.6B), PDL takes batch-1 decode from 1.23 to 1.10 ms per
@@ -23,8 +25,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import triton
-import triton.language as tl
 
 MAX_GRAPH_BATCH = 8  # decode graphs up to this batch size launch their Triton kernels with PDL
 
@@ -56,25 +56,3 @@ def launch_kwargs(device: torch.device) -> dict[str, Any]:
     if _active and enabled(device):
         return {"USE_PDL": True, "launch_pdl": True}
     return {"USE_PDL": False}
-
-
-@triton.jit
-def wait(USE_PDL: tl.constexpr):
-    """First statement of a PDL kernel: wait until the previous kernel has completed and its writes are visible."""
-    if USE_PDL:
-        tl.extra.cuda.gdc_wait()
-
-
-@triton.jit
-def release(USE_PDL: tl.constexpr):
-    """Let the next kernel launch (its programs then wait in :func:`wait`). Kernels with a long main loop call it
-    after the loop, so the next kernel's programs do not sit on the SMs while this one streams memory."""
-    if USE_PDL:
-        tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
-def wait_and_release(USE_PDL: tl.constexpr):
-    """Both, for short kernels: wait for the previous kernel, then let the next one launch."""
-    wait(USE_PDL)
-    release(USE_PDL)

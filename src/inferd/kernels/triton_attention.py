@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from inferd.kernels import pdl
-from inferd.kernels.pdl import release, wait, wait_and_release
+from inferd.kernels.triton_pdl import release, wait, wait_and_release
 
 LOG2E = 1.4426950408889634
 _DEEP_DECODE_SMEM = 200 * 1024  # shared memory the deep decode tiles need (H100: 227 KiB)

@@ -19,10 +19,10 @@ import triton
 import triton.language as tl
 
 from inferd.kernels import pdl
-from inferd.kernels.pdl import wait_and_release
 from inferd.kernels.reference import _check_qkv_shapes
 from inferd.kernels.triton_attention import _check_cache
 from inferd.kernels.triton_ops import _pair_indices
+from inferd.kernels.triton_pdl import wait_and_release
 
 
 @triton.jit

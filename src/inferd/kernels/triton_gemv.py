@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from inferd.kernels import pdl
-from inferd.kernels.pdl import release, wait
+from inferd.kernels.triton_pdl import release, wait
 
 MAX_M = 16  # largest batch the skinny kernel serves; larger ones go to cuBLAS
 MAX_SPLIT_K = 64

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from inferd.kernels import pdl
-from inferd.kernels.pdl import wait_and_release
+from inferd.kernels.triton_pdl import wait_and_release
 
 _TILE_ELEMS = 4096  # elements per program for the row-wise kernels
 

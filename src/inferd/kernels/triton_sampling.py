@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from inferd.kernels import pdl
-from inferd.kernels.pdl import wait_and_release
+from inferd.kernels.triton_pdl import wait_and_release
 
 _BLOCK_V = 2048
 _TINY = float(torch.finfo(torch.float32).tiny)
