@@ -99,7 +99,7 @@ if ! grep -q '^[^:]*:[^:]*:2000:' /etc/passwd; then
         echo 'inferd:x:2000:0:inferd:/home/inferd:/bin/sh' >>/etc/passwd
     fi
 fi
-mkdir -p /home/inferd /root/.cache/huggingface/inferd/triton
+mkdir -p /home/inferd /root/.cache/huggingface /root/.cache/triton
 chown -R 2000:0 /home/inferd /root/.cache
 chmod -R g=u /home/inferd /root/.cache
 chgrp 0 /root

@@ -256,7 +256,7 @@ def _merge_splits_kernel(
     head_dim,
     num_splits,
     HEAD_DIM_P: tl.constexpr,
-    MAX_SPLITS: tl.constexpr,  # a bound on num_splits (one compiled variant for every split count),
+    MAX_SPLITS: tl.constexpr,  # a bound on num_splits (one compiled variant for every split count)
     USE_PDL: tl.constexpr,
 ):
     wait_and_release(USE_PDL)
