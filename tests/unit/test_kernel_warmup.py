@@ -21,6 +21,12 @@ from inferd.worker import kernel_warmup
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "model-configs"
 
 
+@pytest.fixture(autouse=True)
+def _gpu_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run where no GPU is; the spec logic is what they check (a test below checks the GPU check)."""
+    monkeypatch.setattr(kernel_warmup, "_nvidia_gpu_visible", lambda: True)
+
+
 def test_spec_for_a_local_folder(tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("INFERD_KERNEL_WARMUP", raising=False)
     spec = kernel_warmup.spec_for(EngineArgs(model=str(tiny_qwen3), max_num_seqs=8, block_size=32))
@@ -44,6 +50,14 @@ def test_no_warmup_where_it_cannot_help(
     monkeypatch.setenv("INFERD_KERNEL_WARMUP", "0")
     assert kernel_warmup.spec_for(EngineArgs(model=model)) is None
     assert kernel_warmup.start(EngineArgs(model=model)) is None
+
+
+def test_no_warmup_without_a_visible_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real check
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert not kernel_warmup._nvidia_gpu_visible()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert kernel_warmup._nvidia_gpu_visible() == os.path.exists("/dev/nvidiactl")
 
 
 def test_spec_finds_a_hub_model_in_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

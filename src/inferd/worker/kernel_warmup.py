@@ -53,13 +53,21 @@ def _local_config_json(args: EngineArgs) -> str | None:
     return found if isinstance(found, str) else None
 
 
+def _nvidia_gpu_visible() -> bool:
+    """A cheap check before torch is imported: the NVIDIA driver's device node, and CUDA_VISIBLE_DEVICES not empty."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl")
+
+
 def spec_for(args: EngineArgs) -> dict[str, Any] | None:
     """What the warm-up process needs, or None when it would not help (or could get in the way)."""
     if os.environ.get("INFERD_KERNEL_WARMUP", "1") == "0":
         return None
     if args.tensor_parallel_size != 1 or args.data_parallel_size != 1 or args.device == "cpu":
         return None  # (data parallel: every replica would compile the same kernels at once)
-    if args.trust_remote_code:
+    if args.trust_remote_code or not _nvidia_gpu_visible():
         return None
     config_json = _local_config_json(args)
     if config_json is None:
@@ -76,10 +84,8 @@ def spec_for(args: EngineArgs) -> dict[str, Any] | None:
     }
 
 
-PARTS = (
-    "prefill",
-    "decode",
-)  # compiled by two processes side by side: the profile's prefill, the graph buckets
+# Compiled by two processes side by side: the memory profile's prefill kernels, the decode-graph buckets' kernels.
+PARTS = ("prefill", "decode")
 
 
 def start(args: EngineArgs) -> list[subprocess.Popen[bytes]] | None:
