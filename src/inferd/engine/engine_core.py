@@ -21,15 +21,13 @@ class EngineCore:
     """Owns the scheduler and the executor (the model runner of every tensor-parallel rank). Not thread-safe:
     one caller drives ``step()``; call ``shutdown()`` when done (it stops tensor-parallel workers)."""
 
-    def __init__(self, config: EngineConfig, kernel_warmup: list[subprocess.Popen[bytes]] | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, kernel_warmup: list[subprocess.Popen[bytes]] | None = None
+    ) -> None:
         """``kernel_warmup``: the processes :func:`inferd.worker.kernel_warmup.start` started for this engine; they
-        must have exited before the memory profile, which this waits for."""
+        must have exited before the memory profile, which this waits for (the caller kills them if this raises)."""
         self.config = config
-        try:
-            self.executor = make_executor(config)
-        except BaseException:
-            finish_kernel_warmup(kernel_warmup, timeout=0)
-            raise
+        self.executor = make_executor(config)
         try:
             self.runner = self.executor.driver  # rank 0: host-side queries only
             finish_kernel_warmup(kernel_warmup)

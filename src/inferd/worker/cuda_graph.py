@@ -64,27 +64,24 @@ class CudaGraphRunner:
             num_actual_tokens=bs,
         )
 
-    def _forward(self, bs: int) -> torch.Tensor:
-        hidden = self.model(self.input_ids[:bs], self.positions[:bs], self._metadata(bs))
-        return self.model.compute_logits(hidden)
-
     def forward_eagerly(self, bs: int) -> torch.Tensor:
-        """The bucket's forward without a graph: compiles its kernels (the warm-up before capture; also what
-        :mod:`inferd.worker.kernel_warmup` runs). Call under ``pdl.active(bs <= pdl.MAX_GRAPH_BATCH)`` to compile
-        the same kernel variants as :meth:`capture`."""
-        return self._forward(bs)
+        """The bucket's forward on its static buffers, launched as :meth:`capture` records it (PDL on for small
+        buckets): run eagerly, it compiles the bucket's kernels (the warm-up before capture; also what
+        :mod:`inferd.worker.kernel_warmup` runs)."""
+        with pdl.active(bs <= pdl.MAX_GRAPH_BATCH):  # small steps: hide the gaps between ~300 kernels
+            hidden = self.model(self.input_ids[:bs], self.positions[:bs], self._metadata(bs))
+            return self.model.compute_logits(hidden)
 
     @torch.inference_mode()
     def capture(self) -> None:
         start = time.perf_counter()
         pool = None
         for bs in reversed(self.buckets):  # largest first so smaller graphs reuse its memory
-            with pdl.active(bs <= pdl.MAX_GRAPH_BATCH):  # small steps: hide the gaps between ~300 kernels
-                self.forward_eagerly(bs)  # warm-up: Triton compilation, allocator
-                torch.cuda.synchronize(self.device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    out = self._forward(bs)
+            self.forward_eagerly(bs)  # warm-up: Triton compilation, allocator
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                out = self.forward_eagerly(bs)
             if pool is None:
                 pool = graph.pool()
             self.graphs[bs] = (graph, out)

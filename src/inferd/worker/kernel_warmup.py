@@ -150,7 +150,6 @@ def run(spec: dict[str, Any]) -> None:
         SchedulerConfig,
         _derive_max_model_len,
     )
-    from inferd.kernels import pdl
     from inferd.models.source import ModelSource, _checkpoint_dtype
     from inferd.worker.cuda_graph import CudaGraphRunner
     from inferd.worker.memory_profiler import run_dummy_batch
@@ -214,8 +213,7 @@ def run(spec: dict[str, Any]) -> None:
         runner.initialize_kv_cache(2)  # graph warm-ups write no KV (padding slots) and read block 0 only
         graphs = CudaGraphRunner(runner.model, max_num_seqs, max_model_len, runner.block_size, runner.device)
         for bs in reversed(graphs.buckets):
-            with pdl.active(bs <= pdl.MAX_GRAPH_BATCH):
-                graphs.forward_eagerly(bs)
+            graphs.forward_eagerly(bs)
         torch.cuda.synchronize()
 
 
