@@ -133,6 +133,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "needs the host between tokens (penalties, logprobs, grammars); 1 turns it off (default: 8 on GPU, 1 on CPU).",
     )
     g.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Schedule the next multi-step decode round while the current one runs on the device, so the device "
+        "does not wait for the host between rounds (single-GPU engines; tensor parallelism runs rounds in turn).",
+    )
+    g.add_argument(
         "--max-num-batched-tokens",
         type=_human_int,
         default=None,

@@ -66,6 +66,7 @@ class SchedulerConfig:
     max_model_len: int = 4096
     enable_chunked_prefill: bool = True
     num_scheduler_steps: int = 1  # decode steps run back to back on the device per schedule
+    async_scheduling: bool = True  # schedule the next multi-step round while one runs on the device
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class EngineArgs:
     max_num_batched_tokens: int | None = None
     enable_chunked_prefill: bool = True
     num_scheduler_steps: int | None = None  # None: 8 on CUDA, 1 on CPU
+    async_scheduling: bool = True
     enforce_eager: bool = False
     trust_remote_code: bool = False
     tensor_parallel_size: int = 1
@@ -268,6 +270,7 @@ class EngineArgs:
                 max_model_len=max_model_len,
                 enable_chunked_prefill=self.enable_chunked_prefill,
                 num_scheduler_steps=self.num_scheduler_steps or (8 if device == "cuda" else 1),
+                async_scheduling=self.async_scheduling,
             ),
             parallel_config=ParallelConfig(
                 tensor_parallel_size=self.tensor_parallel_size,

@@ -34,9 +34,9 @@ def test_engine_start_after_the_warmup_compiles_nothing_new(tmp_path: Path) -> N
     args = EngineArgs(model=str(CONFIG), load_format="dummy", dtype="bfloat16", max_model_len=4096)
     spec = kernel_warmup.spec_for(args)
     assert spec is not None
-    for part in kernel_warmup.PARTS:
+    for part in kernel_warmup.parts(spec):
         done = subprocess.run(
-            [sys.executable, "-m", "inferd.worker.kernel_warmup", json.dumps({**spec, "part": part})],
+            [sys.executable, "-m", "inferd.worker.kernel_warmup", json.dumps({**spec, **part})],
             env=env,
             timeout=600,
         )

@@ -62,3 +62,143 @@ def test_triton_matches_reference_on_gpu_vocab_sizes(rows: int) -> None:
         logits, temperature, q = _inputs(rows, vocab, "cuda", seed=vocab + rows)
         got = triton_sampling.temperature_race_sample(logits, temperature, q)
         assert torch.equal(got, reference.temperature_race_sample(logits, temperature, q))
+
+
+# ---------------------------------------------------------------------- rows that draw their own q
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
+
+
+def _seed(value: int, device: str) -> torch.Tensor:
+    return torch.tensor([value], dtype=torch.int64, device=device)
+
+
+def test_reference_q_rows_use_the_given_draws() -> None:
+    logits, temperature, q = _inputs(5, 400, "cpu", seed=3)
+    q_rows = torch.tensor([-1, 0, -1, 1, -1], dtype=torch.int32)
+    want = reference.temperature_race_sample(logits, temperature, q)
+    got = reference.temperature_race_sample(logits, temperature, q[[1, 3]], q_rows)
+    assert torch.equal(got[[1, 3]], want[[1, 3]])
+    with pytest.raises(ValueError, match="q_rows"):
+        reference.temperature_race_sample(logits, temperature, q[:2])
+
+
+@needs_triton
+@pytest.mark.parametrize(("rows", "vocab"), [(3, 100), (4, 5000)])
+def test_triton_q_rows_match_reference_bit_for_bit(rows: int, vocab: int) -> None:
+    from inferd.kernels import triton_sampling
+
+    device = _device()
+    logits, temperature, q = _inputs(rows, vocab, device, seed=vocab)
+    seeded = [r for r in range(rows) if r % 2 == 1]
+    q_rows = torch.full((rows,), -1, dtype=torch.int32, device=device)
+    q_rows[seeded] = torch.arange(len(seeded), dtype=torch.int32, device=device)
+    got = triton_sampling.temperature_race_sample(logits, temperature, q[seeded], q_rows, _seed(1, device))
+    want = reference.temperature_race_sample(logits, temperature, q)
+    assert torch.equal(got[seeded].cpu(), want[seeded].cpu())
+
+
+@needs_triton
+def test_triton_draws_are_deterministic_per_seed() -> None:
+    from inferd.kernels import triton_sampling
+
+    device = _device()
+    logits = torch.zeros(4, 3000, device=device)  # uniform: the token is decided by the random draws alone
+    temperature = torch.ones(4, device=device)
+    sample = triton_sampling.temperature_race_sample
+    first = sample(logits, temperature, seed=_seed(11, device))
+    assert torch.equal(sample(logits, temperature, seed=_seed(11, device)), first)
+    assert not torch.equal(sample(logits, temperature, seed=_seed(12, device)), first)
+    assert len(set(first.tolist())) > 1  # rows have their own streams
+    fresh = [sample(logits, temperature) for _ in range(2)]  # a new seed per call when none is given
+    assert not torch.equal(fresh[0], fresh[1])
+
+
+@needs_triton
+def test_triton_draws_do_not_depend_on_the_split_layout() -> None:
+    from inferd.kernels import triton_sampling
+
+    device = _device()
+    logits = torch.randn(16, 20000, generator=torch.Generator().manual_seed(5)).to(device)
+    temperature = torch.ones(16, device=device)
+    batch = triton_sampling.temperature_race_sample(logits, temperature, seed=_seed(3, device))
+    alone = triton_sampling.temperature_race_sample(logits[:1], temperature[:1], seed=_seed(3, device))
+    assert batch[0] == alone[0]
+
+
+@needs_triton
+@pytest.mark.slow
+def test_triton_draws_follow_the_softmax() -> None:
+    from inferd.kernels import triton_sampling
+
+    device = _device()
+    rows = 512 if INTERPRET else 16384  # the interpreter samples some 20 rows a second
+    row = torch.tensor([1.0, 0.5, -0.3, 1.6, 0.0, -0.6, 1.3, 0.2], device=device).bfloat16()
+    temperature = torch.full((rows,), 0.7, device=device)
+    ids = triton_sampling.temperature_race_sample(row.expand(rows, -1), temperature, seed=_seed(2024, device))
+    observed = torch.bincount(ids.cpu(), minlength=8).double()
+    expected = torch.softmax(row.double().cpu() / 0.7, dim=-1) * rows
+    chi2 = ((observed - expected) ** 2 / expected).sum().item()
+    assert chi2 < 24.3, (observed, expected)  # 7 degrees of freedom, p = 0.001
+
+
+@needs_triton
+def test_triton_draws_skip_masked_tokens_and_padding_columns() -> None:
+    from inferd.kernels import triton_sampling
+
+    device = _device()
+    vocab = 4100  # past one 4096-column block: the second block is mostly padding
+    logits = torch.randn(6, vocab, generator=torch.Generator().manual_seed(7)).to(device).bfloat16()
+    logits[:, ::2] = float("-inf")
+    logits[5] = float("-inf")
+    logits[5, vocab - 1] = 0.0  # the only finite token sits in the last, partial block
+    temperature = torch.full((6,), 2.0, device=device)
+    for seed in range(3):
+        ids = triton_sampling.temperature_race_sample(logits, temperature, seed=_seed(seed, device)).cpu()
+        assert (ids % 2 == 1).all() and (ids < vocab).all()
+        assert ids[5] == vocab - 1
+
+
+@needs_triton
+def test_triton_bf16_logits_match_their_float32_values() -> None:
+    from inferd.kernels import triton_sampling
+
+    device = _device()
+    logits, temperature, q = _inputs(3, 3000, device, seed=9)
+    half = logits.bfloat16()
+    sample = triton_sampling.temperature_race_sample
+    assert torch.equal(sample(half, temperature, q), sample(half.float(), temperature, q))
+    assert torch.equal(
+        sample(half, temperature, seed=_seed(4, device)),
+        sample(half.float(), temperature, seed=_seed(4, device)),
+    )
+
+
+@needs_triton
+def test_sampler_seeded_rows_agree_between_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inferd import kernels
+    from inferd.kernels import triton_sampling
+    from inferd.layers.sampler import Sampler
+    from inferd.sampling_params import SamplingParams
+    from inferd.worker.sampling_batch import SamplingBatch
+
+    device = torch.device(_device())
+    vocab = 700
+    logits = torch.randn(4, vocab, generator=torch.Generator().manual_seed(1)).bfloat16().to(device)
+    params = [
+        SamplingParams(seed=8),
+        SamplingParams(),
+        SamplingParams(temperature=0.0),
+        SamplingParams(seed=9),
+    ]
+    runs = []
+    for race in (reference.temperature_race_sample, triton_sampling.temperature_race_sample):
+        monkeypatch.setattr(kernels, "temperature_race_sample", race)
+        batch = SamplingBatch(vocab, device)
+        for i, sp in enumerate(params):
+            batch.add_request(f"r{i}", sp, [0], [], None)
+        md = batch.make_metadata([f"r{i}" for i in range(4)])
+        runs.append([Sampler()(logits, md).sampled_token_ids.cpu() for _ in range(3)])
+    for by_reference, by_triton in zip(*runs, strict=True):
+        assert by_reference[[0, 2, 3]].tolist() == by_triton[[0, 2, 3]].tolist()
+        assert by_triton[2] == logits[2].float().argmax().item()

@@ -120,10 +120,22 @@ def test_finish_waits_then_kills_a_slow_process() -> None:
     kernel_warmup.finish(None)
 
 
-@pytest.mark.parametrize("part", ["prefill", "decode"])
-def test_each_part_runs_on_its_own(tiny_qwen3: Path, part: str) -> None:
+@pytest.mark.parametrize(
+    "part", [{"part": "prefill"}, {"part": "decode"}, {"part": "decode", "buckets": [2, 8]}]
+)
+def test_each_part_runs_on_its_own(tiny_qwen3: Path, part: dict[str, object]) -> None:
     spec = kernel_warmup.spec_for(
         EngineArgs(model=str(tiny_qwen3), max_num_seqs=4, max_num_batched_tokens=64)
     )
     assert spec is not None
-    kernel_warmup.run({**spec, "run_on_cpu": True, "part": part})  # CPU: eager, so "decode" compiles nothing
+    kernel_warmup.run({**spec, "run_on_cpu": True, **part})  # CPU: eager, so "decode" compiles nothing
+
+
+def test_decode_buckets_split_by_kernel_variants_where_cores_allow(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = {"enforce_eager": False}
+    monkeypatch.setattr(kernel_warmup.os, "cpu_count", lambda: 16)
+    groups = [p.get("buckets") for p in kernel_warmup.parts(spec)]
+    assert groups == [None, [1, 1], [2, 8], [9, 1 << 30]]  # prefill, then every bucket size exactly once
+    monkeypatch.setattr(kernel_warmup.os, "cpu_count", lambda: 4)
+    assert kernel_warmup.parts(spec) == [{"part": "prefill"}, {"part": "decode"}]
+    assert kernel_warmup.parts({"enforce_eager": True}) == [{"part": "prefill"}]

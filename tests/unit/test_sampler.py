@@ -117,6 +117,59 @@ def test_mixed_greedy_and_random_rows(device: torch.device) -> None:
     assert got[0] == logits[0].argmax() and got[2] == logits[2].argmax()
 
 
+def test_greedy_on_bf16_logits_matches_their_float32_argmax(device: torch.device) -> None:
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(12)).bfloat16()
+    logits[0, 7] = logits[0, 250] = logits[0].max() + 1  # ties: the first index wins, as on float32
+    batch, ids = make_batch(device, [SamplingParams(temperature=0.0)] * 4, 300)
+    got = sample(batch, ids, logits)
+    assert torch.equal(got, logits.float().argmax(-1)) and got[0] == 7
+
+
+def test_mixed_greedy_and_random_rows_on_bf16_logits(device: torch.device) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(6, 40, generator=torch.Generator().manual_seed(13)).bfloat16()
+    logits[4] = float("-inf")
+    logits[4, 9] = 0.0  # a random row with one allowed token
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=0.8), SamplingParams(seed=3)] * 2
+    batch, ids = make_batch(device, params, 40)
+    got = sample(batch, ids, logits)
+    want = logits.float().argmax(-1)
+    assert got[0] == want[0] and got[3] == want[3] and got[4] == 9
+
+
+def test_temperature_only_sampling_passes_the_logits_uncopied(
+    device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inferd import kernels
+
+    seen: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+    race = kernels.temperature_race_sample
+
+    def spy(logits, temperature, q=None, q_rows=None, seed=None):  # type: ignore[no-untyped-def]
+        seen.append((logits, q, q_rows))
+        return race(logits, temperature, q, q_rows, seed)
+
+    monkeypatch.setattr(kernels, "temperature_race_sample", spy)
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(14)).bfloat16().to(device)
+    params = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=1.2),
+    ]
+    batch, ids = make_batch(device, params, 50)
+    Sampler()(logits, batch.make_metadata(ids))
+    got_logits, q, q_rows = seen[-1]
+    assert got_logits.data_ptr() == logits.data_ptr() and got_logits.dtype == torch.bfloat16
+    assert q is None and q_rows is None  # unseeded rows draw inside the kernel: no [B, V] draws
+
+    params[1] = SamplingParams(temperature=0.7, seed=5)
+    batch, ids = make_batch(device, params, 50)
+    Sampler()(logits, batch.make_metadata(ids))
+    _, q, q_rows = seen[-1]
+    assert q is not None and q.shape == (1, 50)  # only the seeded row's draws
+    assert q_rows is not None and q_rows.cpu().tolist() == [-1, 0, -1]
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
 def test_temperature_shapes_the_distribution(device: torch.device, temperature: float) -> None:
     torch.manual_seed(0)
@@ -307,6 +360,25 @@ def test_seeded_row_is_independent_of_the_batch(device: torch.device) -> None:
     assert seeded_tokens(device, row, others, 4) == alone
     torch.manual_seed(123)  # the global generator does not matter either
     assert seeded_tokens(device, row, others[1:2], 1) == alone
+
+
+def test_seeded_requests_repeat_with_fresh_generators(device: torch.device) -> None:
+    logits = torch.zeros(5, 500).bfloat16()  # uniform: every draw depends on the random stream only
+    params = [
+        SamplingParams(seed=21, temperature=0.9),
+        SamplingParams(temperature=0.9),
+        SamplingParams(temperature=0.0),
+        SamplingParams(seed=22, temperature=1.1),
+        SamplingParams(temperature=1.0),
+    ]
+    runs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        batch, ids = make_batch(device, params, 500)
+        runs.append([sample(batch, ids, logits) for _ in range(3)])
+    for first, second in zip(*runs, strict=True):
+        assert first[0] == second[0] and first[3] == second[3]
+    assert len({int(step[0]) for step in runs[0]}) > 1
 
 
 def test_seeded_stream_survives_preemption(device: torch.device) -> None:

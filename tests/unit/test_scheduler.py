@@ -398,3 +398,61 @@ def test_lookahead_is_not_cut_short_by_a_request_near_max_tokens() -> None:
     assert sched.get_request("short") is None or sched.get_request("short").is_finished()
     assert sched.get_request("long").num_output_tokens == 9
     assert sched.get_request("long").num_computed_tokens == sched.get_request("long").num_tokens - 1
+
+
+def test_continuation_round_skips_length_stops_and_reserves_slots() -> None:
+    sched = make_scheduler(block_size=4)
+    sched.add_request(make_req("short", [10, 11, 12], max_tokens=5, ignore_eos=True))
+    sched.add_request(make_req("long", [20, 21, 22], max_tokens=50, ignore_eos=True))
+    sched.add_request(make_req("eos", [30, 31, 32], max_tokens=50))
+    run_step(sched)  # prefills: one token each
+    first = sched.schedule()
+    assert sched.add_decode_lookahead(first, 4) == 4
+    free_before = sched.kv_cache_manager.num_free_blocks
+    # Scheduled before round 1's tokens are known: "short" (4 tokens left) ends inside round 1 → not continued.
+    cont = sched.schedule_continuation(first, 4, 4)
+    assert cont is not None
+    second, steps = cont
+    assert steps == 4 and list(second.num_scheduled_tokens) == ["long", "eos"]
+    assert not second.scheduled_new_reqs and second.total_num_scheduled_tokens == 2
+    # Each computes positions 3+4 .. 3+4+3 (tokens 4..7 of its outputs known after round 1): 11 slots = 3 blocks.
+    assert [c.num_computed_tokens for c in second.scheduled_cached_reqs] == [7, 7]
+    assert all(len(sched.kv_cache_manager.get_block_ids(r)) == 3 for r in ("long", "eos"))
+    assert sched.kv_cache_manager.num_free_blocks < free_before
+    # Round 1's update: "eos" stops on its second token; round 2's update ignores it.
+    r1 = ModelRunnerOutput(
+        req_ids=["short", "long", "eos"], sampled_token_ids=[[5] * 4, [6] * 4, [8, EOS, 8, 8]]
+    )
+    outs1 = outputs_by_id(sched.update_from_output(first, r1))
+    assert outs1 == {"short": [5, 5, 5, 5], "long": [6] * 4, "eos": [8, EOS]}
+    assert sched.get_request("eos") is None and "eos" in sched.finished_req_ids
+    r2 = ModelRunnerOutput(req_ids=["long", "eos"], sampled_token_ids=[[7] * 4, [9] * 4])
+    outs2 = outputs_by_id(sched.update_from_output(second, r2))
+    assert outs2 == {"long": [7] * 4}
+    long = sched.get_request("long")
+    assert long.output_token_ids == [7, 6, 6, 6, 6, 7, 7, 7, 7]
+    assert long.num_computed_tokens == long.num_tokens - 1
+    # The next normal schedule goes on from there and tells the runner about the finished requests.
+    nxt = sched.schedule()
+    assert nxt.num_scheduled_tokens == {"long": 1} and {"short", "eos"} <= nxt.finished_req_ids
+
+
+def test_no_continuation_when_requests_wait_or_blocks_are_short() -> None:
+    sched = make_scheduler(block_size=4)
+    sched.add_request(make_req("a", [1, 2, 3], max_tokens=40, ignore_eos=True))
+    run_step(sched)
+    first = sched.schedule()
+    assert sched.add_decode_lookahead(first, 4) == 4
+    sched.add_request(make_req("b", [4, 5, 6], max_tokens=4))
+    assert sched.schedule_continuation(first, 4, 4) is None  # "b" waits: schedule normally after the update
+    sched.abort_requests("b")
+    assert sched.schedule_continuation(first, 4, 1) is None  # one step is not a round
+    assert sched.schedule_continuation(first, 4, 4) is not None
+    # Two usable blocks of 4 slots: "a" holds both after round 1's lookahead; round 2 would need a third.
+    tight = make_scheduler(block_size=4, num_blocks=3)
+    tight.add_request(make_req("a", [1, 2, 3], max_tokens=40, ignore_eos=True))
+    run_step(tight)
+    first = tight.schedule()
+    assert tight.add_decode_lookahead(first, 4) == 4
+    assert tight.schedule_continuation(first, 4, 4) is None
+    assert tight.kv_cache_manager.num_free_blocks == 0

@@ -11,8 +11,10 @@ from inferd.config import EngineConfig
 from inferd.engine.core_types import EngineCoreOutputs, EngineCoreRequest
 from inferd.engine.request import Request
 from inferd.engine.scheduler import Scheduler
+from inferd.engine.scheduler_output import SchedulerOutput
 from inferd.worker.executor import make_executor
 from inferd.worker.kernel_warmup import finish as finish_kernel_warmup
+from inferd.worker.model_runner import PendingRound
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks)
         self.num_blocks = num_blocks
         self.num_scheduler_steps = config.scheduler_config.num_scheduler_steps
+        self.async_scheduling = config.scheduler_config.async_scheduling and self.executor.overlaps_rounds
+        # A decode round queued on the device but not yet updated: (its SchedulerOutput, steps, launched round).
+        self._next_round: tuple[SchedulerOutput, int, PendingRound] | None = None
 
     def _check_capacity(self, num_blocks: int) -> None:
         bs = self.config.cache_config.block_size
@@ -81,16 +86,33 @@ class EngineCore:
         return self.scheduler.has_unfinished_requests()
 
     def step(self) -> EngineCoreOutputs:
-        scheduler_output = self.scheduler.schedule()
-        num_steps = 1
-        if (
-            self.num_scheduler_steps > 1
-            and not scheduler_output.scheduled_new_reqs
-            and self.runner.can_run_multistep(scheduler_output.num_scheduled_tokens)
-        ):
-            num_steps = self.scheduler.add_decode_lookahead(scheduler_output, self.num_scheduler_steps)
-        runner_output = self.executor.execute_model(scheduler_output, num_steps)
-        outputs = self.scheduler.update_from_output(scheduler_output, runner_output)
+        """Schedule, run and update one step (or one multi-step decode round).
+
+        With asynchronous scheduling, a multi-step round's successor is scheduled and queued on the device
+        before the round's tokens are waited for (Scheduler.schedule_continuation): the host's work between rounds
+        (this update, output processing, the next schedule) then overlaps the device's. The queued round is what
+        the next call updates."""
+        if self._next_round is not None:
+            scheduler_output, num_steps, launched = self._next_round
+            self._next_round = None
+        else:
+            scheduler_output = self.scheduler.schedule()
+            num_steps = 1
+            if (
+                self.num_scheduler_steps > 1
+                and not scheduler_output.scheduled_new_reqs
+                and self.runner.can_run_multistep(scheduler_output.num_scheduled_tokens)
+            ):
+                num_steps = self.scheduler.add_decode_lookahead(scheduler_output, self.num_scheduler_steps)
+            launched = self.executor.launch_model(scheduler_output, num_steps)
+        if self.async_scheduling and num_steps > 1:
+            following = self.scheduler.schedule_continuation(
+                scheduler_output, num_steps, self.num_scheduler_steps
+            )
+            if following is not None:
+                so, n = following
+                self._next_round = (so, n, self.executor.launch_model(so, n, continues=launched))
+        outputs = self.scheduler.update_from_output(scheduler_output, launched.result())
         outputs.timestamp = time.time()
         return outputs
 

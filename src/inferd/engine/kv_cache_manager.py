@@ -154,6 +154,20 @@ class KVCacheManager:
             self._cache_full_blocks(request, req_blocks, num_total // self.block_size)
         return [*new_computed_blocks, *fresh] if new_computed_blocks else fresh
 
+    def reserve_slots(self, request: Request, num_slots: int) -> list[int] | None:
+        """Make the request hold blocks for its first ``num_slots`` token positions, tokens that are not known yet
+        included (a decode round scheduled while the previous round's tokens are still on the device). Returns the
+        appended block ids, or ``None`` with nothing changed when there are not enough free blocks. Caches nothing:
+        the next :meth:`allocate_slots` call caches the blocks whose tokens are known by then."""
+        req_blocks = self._req_to_blocks.get(request.req_id)
+        assert req_blocks is not None, "reserve_slots extends a running request's table"
+        num_fresh = max(0, -(-num_slots // self.block_size) - len(req_blocks))
+        if num_fresh > len(self._free_queue):
+            return None
+        fresh = [self._pop_free_block() for _ in range(num_fresh)]
+        req_blocks.extend(fresh)
+        return fresh
+
     def free(self, request: Request) -> None:
         """Release the request's blocks (finish, abort or preemption). Cached ones stay findable until evicted."""
         req_blocks = self._req_to_blocks.pop(request.req_id, None)

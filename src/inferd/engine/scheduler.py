@@ -305,6 +305,64 @@ class Scheduler:
             cached.new_block_ids.extend(extra)
         return num_steps
 
+    def schedule_continuation(
+        self, prev: SchedulerOutput, prev_steps: int, num_steps: int
+    ) -> tuple[SchedulerOutput, int] | None:
+        """The decode round after ``prev`` (a multi-step round of ``prev_steps`` steps still running on the
+        device), scheduled before ``update_from_output(prev, ...)`` so that the device does not wait for the host
+        between rounds. Returns the round's SchedulerOutput and step count (≤ ``num_steps``), or None: then
+        schedule normally once ``prev`` is updated.
+
+        Every request of ``prev`` that is still running continues, except those whose length stop falls inside
+        ``prev`` (known arithmetically). One that stops on a sampled token inside ``prev`` (EOS, a stop token) is
+        only found when ``prev`` is updated: it finishes then, and ``update_from_output`` ignores what this round
+        computed for it (its KV slots, freed by then, are written only before any later round's writes). Nothing is
+        admitted or preempted: None when requests wait, when blocks are short, or when no request continues.
+        Request state is not changed here, only KV slots are reserved; the caller updates ``prev`` and then this
+        round, in that order.
+        """
+        if prev_steps <= 1 or num_steps <= 1 or self.waiting:
+            return None
+        continuing: list[Request] = []
+        for req_id in prev.num_scheduled_tokens:
+            request = self.requests.get(req_id)
+            if request is None or request.status != RequestStatus.RUNNING:
+                continue  # finished (by an earlier round's update) or aborted
+            room = min(
+                request.max_tokens - request.num_output_tokens, self.max_model_len - request.num_tokens
+            )
+            if room <= prev_steps:
+                continue  # reaches its length stop inside prev
+            num_steps = min(num_steps, self.max_model_len - (request.num_tokens + prev_steps) + 1)
+            continuing.append(request)
+        if not continuing or num_steps <= 1:
+            return None
+        # After prev a request holds num_tokens + prev_steps tokens, the last not computed yet: this round computes
+        # positions num_tokens + prev_steps - 1 onwards, num_steps of them.
+        kv = self.kv_cache_manager
+        slots = [r.num_tokens + prev_steps - 1 + num_steps for r in continuing]
+        needed = sum(
+            max(0, -(-n // self.block_size) - len(kv.get_block_ids(r.req_id)))
+            for r, n in zip(continuing, slots)
+        )
+        if needed > kv.num_free_blocks:
+            return None
+        cached: list[CachedRequestData] = []
+        for request, n in zip(continuing, slots):
+            new_blocks = kv.reserve_slots(request, n)
+            assert new_blocks is not None
+            cached.append(CachedRequestData(request.req_id, new_blocks, request.num_tokens + prev_steps - 1))
+        finished_ids = self.finished_req_ids
+        self.finished_req_ids = set()
+        so = SchedulerOutput(
+            scheduled_new_reqs=[],
+            scheduled_cached_reqs=cached,
+            num_scheduled_tokens={r.req_id: 1 for r in continuing},
+            total_num_scheduled_tokens=len(continuing),
+            finished_req_ids=finished_ids,
+        )
+        return so, num_steps
+
     # ------------------------------------------------------------------ internals
     def _preempt(self, request: Request) -> None:
         self.kv_cache_manager.free(request)

@@ -277,10 +277,36 @@ def _check_qkv_shapes(
         )
 
 
-def temperature_race_sample(logits: torch.Tensor, temperature: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Exponential-race sampling: logits [B, V] float, temperature [B] (> 0), q [B, V] Exp(1) draws → token ids
-    [B] int64 = ``argmax_v(logits / T − log(max(q, tiny)))`` = ``argmax(softmax(logits / T) / q)``; the first index
-    among equal maxima. ``logits`` and ``q`` are not modified."""
+def temperature_race_sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    q: torch.Tensor | None = None,
+    q_rows: torch.Tensor | None = None,
+    seed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exponential-race sampling: logits [B, V] float (any float dtype, read as float32), temperature [B] (> 0)
+    → token ids [B] int64 = ``argmax_v(logits / T − log(max(q, tiny)))`` = ``argmax(softmax(logits / T) / q)``
+    with q [B, V] ~ Exp(1); the first index among equal maxima. No input is modified.
+
+    Where q comes from: ``q`` [G, V] float32 Exp(1) draws for the rows that bring their own (seeded requests);
+    ``q_rows`` [B] int32 maps row b to ``q[q_rows[b]]``, or −1 to draw its own. Without ``q_rows``, ``q`` must be
+    [B, V] (row b uses ``q[b]``); without ``q``, every row draws its own. Rows that draw use the backend's
+    generator: here torch's default one for the device (``seed`` is unused), in the Triton kernel Philox keyed by
+    ``seed`` ([1] int64 on the device; a fresh random one when None). Only the distribution is common to both.
+    """
     tiny = torch.finfo(torch.float32).tiny
+    if q is not None and q.shape[0] == 0:
+        q = None
+    if q is None or q_rows is not None:
+        drawn = torch.empty(logits.shape, dtype=torch.float32, device=logits.device).exponential_()  # [B, V]
+        if q is not None:
+            assert q_rows is not None
+            own = q.index_select(0, q_rows.clamp_min(0).long())  # [B, V]
+            drawn = torch.where((q_rows >= 0).unsqueeze(1), own.float(), drawn)
+        q = drawn
+    elif q.shape[0] != logits.shape[0]:
+        raise ValueError(
+            f"q has {q.shape[0]} rows for {logits.shape[0]} logits rows; pass q_rows to map them."
+        )
     scores = logits.float() * (1.0 / temperature.float()).unsqueeze(1) - q.float().clamp_min(tiny).log()
     return scores.argmax(dim=-1)

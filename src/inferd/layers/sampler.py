@@ -1,7 +1,9 @@
 """Token sampler: logits of the rows that sample this step → one token per row (+ logprobs).
 
-Order of operations (as vLLM v1): float32 → raw logprobs (when asked) → logit bias → min-tokens mask →
-penalties → greedy argmax | temperature → min-p → top-k → top-p → exponential-race sampling.
+Order of operations (as vLLM v1): raw logprobs (when asked) → float32 copy → logit bias → min-tokens mask →
+penalties → greedy argmax | temperature → min-p → top-k → top-p → exponential-race sampling. The float32 copy is
+made only when a stage modifies the logits; otherwise greedy and temperature-only rows read them as they come
+(e.g. bf16: float32 holds every bf16 value exactly, so the argmax and the race are the same).
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class Sampler(torch.nn.Module):
             or metadata.logit_bias is not None
             or metadata.min_tokens is not None
         )
-        if needs_processing or logits.dtype != torch.float32:
+        if needs_processing:
             logits = logits.to(torch.float32, copy=True)  # [B, V]
             if metadata.logit_bias is not None:
                 apply_logit_bias(logits, *metadata.logit_bias)
@@ -195,8 +197,11 @@ def _top_k_first(
 
 def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
     """Temperature → min-p → top-k/top-p → exponential race: ``argmax(softmax(logits / T) / q)``, q ~ Exp(1)
-    per token (each seeded row from its own generator). ``logits`` [B, V] float32 is modified only when a filter
-    is on; with temperature alone one fused kernel reads it once."""
+    per token. ``logits`` [B, V] (float32 when a filter is on, else any float dtype) is modified only when a filter
+    is on; with temperature alone one fused kernel reads it once.
+
+    Seeded rows draw their q rows from their own generators into a compact [G, V] tensor (``q_rows`` maps each
+    row to its q row, −1 for none); the other rows draw inside the kernel, so an unseeded batch allocates no q."""
     temperature = torch.where(metadata.temperature == 0.0, 1.0, metadata.temperature)  # [B]
     if not (metadata.no_min_p and metadata.no_top_k and metadata.no_top_p):
         logits.div_(temperature.unsqueeze(1))
@@ -218,12 +223,29 @@ def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Te
                     metadata.max_top_k,
                 )
                 logits.index_copy_(0, rows, sub)
-    q = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)  # [B, V]
-    if len(metadata.generators) < q.shape[0]:
-        q.exponential_()
-    for row, generator in metadata.generators.items():
-        q[row].exponential_(generator=generator)
-    return kernels.temperature_race_sample(logits, temperature, q)
+    q, q_rows = _seeded_draws(logits, metadata.generators)
+    return kernels.temperature_race_sample(logits, temperature, q, q_rows)
+
+
+def _seeded_draws(
+    logits: torch.Tensor, generators: dict[int, torch.Generator]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Exp(1) draws of the seeded rows, each from its own generator, as ``temperature_race_sample``'s ``q`` and
+    ``q_rows``: (None, None) without seeded rows, (q [B, V], None) when every row is seeded, else q [G, V] and
+    q_rows [B] int32 (−1: the row draws in the kernel). Launches device work only, no host sync."""
+    if not generators:
+        return None, None
+    num_rows, vocab_size = logits.shape
+    rows = sorted(generators)
+    q = torch.empty((len(rows), vocab_size), dtype=torch.float32, device=logits.device)  # [G, V]
+    q_rows = None
+    if len(rows) < num_rows:
+        q_rows = torch.full((num_rows,), -1, dtype=torch.int32, device=logits.device)  # [B]
+    for g, row in enumerate(rows):
+        q[g].exponential_(generator=generators[row])
+        if q_rows is not None:
+            q_rows[row].fill_(g)
+    return q, q_rows
 
 
 def _gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor, num_logprobs: int) -> LogprobsTensors:

@@ -47,10 +47,15 @@ class CudaGraphRunner:
         self.seq_lens = torch.ones(max_bs, dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros((max_bs, max_blocks), dtype=torch.int32, device=device)
-        # One pinned staging buffer → one host-to-device copy per step: ids, positions, slots, seq_lens.
-        self._host = torch.zeros((4, max_bs), dtype=torch.long, pin_memory=True)
+        # Pinned staging → one host-to-device copy per step: ids, positions, slots, seq_lens. Two sets, used in
+        # turn: the host fills one for the next round while the device may still be copying from the other
+        # (a round is launched before the previous one is waited for; the one before that has been).
+        self._host = [torch.zeros((4, max_bs), dtype=torch.long, pin_memory=True) for _ in range(2)]
         self._dev = torch.zeros((4, max_bs), dtype=torch.long, device=device)
-        self._host_block_tables = torch.zeros((max_bs, max_blocks), dtype=torch.int32, pin_memory=True)
+        self._host_block_tables = [
+            torch.zeros((max_bs, max_blocks), dtype=torch.int32, pin_memory=True) for _ in range(2)
+        ]
+        self._turn = 0
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def _metadata(self, bs: int) -> AttentionMetadata:
@@ -103,11 +108,15 @@ class CudaGraphRunner:
         slots: np.ndarray,
         seq_lens: np.ndarray,
         block_tables: np.ndarray,
+        input_ids_device: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Decode ``n`` sequences (one token each); returns logits [n, vocab]."""
+        """Decode ``n`` sequences (one token each); returns logits [n, vocab]. ``input_ids_device`` [n], when given,
+        replaces ``input_ids`` (tokens the device sampled and the host has not seen)."""
         n = len(input_ids)
         bs = next(b for b in self.buckets if b >= n)
-        host = self._host.numpy()
+        self._turn ^= 1
+        staging, staging_bt = self._host[self._turn], self._host_block_tables[self._turn]
+        host = staging.numpy()
         host[0, :n] = input_ids
         host[1, :n] = positions
         host[2, :n] = slots
@@ -117,14 +126,16 @@ class CudaGraphRunner:
         host[1, n:bs] = 0
         host[2, n:bs] = -1
         host[3, n:bs] = 1
-        self._dev[:, :bs].copy_(self._host[:, :bs], non_blocking=True)
+        self._dev[:, :bs].copy_(staging[:, :bs], non_blocking=True)
         self.input_ids[:bs].copy_(self._dev[0, :bs])
+        if input_ids_device is not None:
+            self.input_ids[:n].copy_(input_ids_device)
         self.positions[:bs].copy_(self._dev[1, :bs])
         self.slot_mapping[:bs].copy_(self._dev[2, :bs])
         self.seq_lens[:bs].copy_(self._dev[3, :bs])
         width = block_tables.shape[1]
-        self._host_block_tables.numpy()[:n, :width] = block_tables
-        self.block_tables[:n, :width].copy_(self._host_block_tables[:n, :width], non_blocking=True)
+        staging_bt.numpy()[:n, :width] = block_tables
+        self.block_tables[:n, :width].copy_(staging_bt[:n, :width], non_blocking=True)
         self._n, self._bs = n, bs
         graph, out = self.graphs[bs]
         graph.replay()

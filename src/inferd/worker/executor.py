@@ -27,7 +27,7 @@ from typing import Any
 
 from inferd.config import EngineConfig
 from inferd.engine.scheduler_output import SchedulerOutput
-from inferd.worker.model_runner import ModelRunner
+from inferd.worker.model_runner import ModelRunner, PendingRound
 from inferd.worker.model_runner_output import ModelRunnerOutput
 
 logger = logging.getLogger(__name__)
@@ -46,8 +46,17 @@ class UniprocExecutor:
         """Call ``ModelRunner.<method>(*args)`` on every rank; rank 0's result."""
         return getattr(self.driver, method)(*args)
 
+    # Multi-step decode rounds are queued on the device without waiting (ModelRunner.launch_model), so the engine
+    # may schedule the next round while one runs.
+    overlaps_rounds = True
+
     def execute_model(self, so: SchedulerOutput, num_steps: int = 1) -> ModelRunnerOutput:
         return self.driver.execute_model(so, num_steps)
+
+    def launch_model(
+        self, so: SchedulerOutput, num_steps: int = 1, continues: PendingRound | None = None
+    ) -> PendingRound:
+        return self.driver.launch_model(so, num_steps, continues)
 
     def shutdown(self) -> None:
         pass
@@ -172,8 +181,17 @@ class MultiprocExecutor:
             conn.send_bytes(data)
         return getattr(self.driver, method)(*args)
 
+    # Every step is a collective call that returns when done: no round runs while the next is scheduled.
+    overlaps_rounds = False
+
     def execute_model(self, so: SchedulerOutput, num_steps: int = 1) -> ModelRunnerOutput:
         return self.collective_rpc("execute_model", so, num_steps)
+
+    def launch_model(
+        self, so: SchedulerOutput, num_steps: int = 1, continues: PendingRound | None = None
+    ) -> PendingRound:
+        assert continues is None, "tensor-parallel steps do not overlap"
+        return PendingRound(self.driver, self.execute_model(so, num_steps))
 
     def _kill_workers(self) -> None:
         for proc in self._procs:

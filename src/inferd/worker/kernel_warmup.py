@@ -4,7 +4,9 @@ On a fresh machine an engine spends ~9 s importing transformers to resolve the m
 Triton kernels (memory profile and CUDA-graph capture), one after the other. The compilation only depends on the
 model's shapes, which ``config.json`` states plainly, so the engine process starts two warm-up processes first:
 each builds a one-layer copy of the model from the raw ``config.json`` (no transformers import) with dummy weights;
-one runs the memory profile's prefill batch, the other each decode-graph bucket's forward, eagerly; then they exit. Triton writes
+one runs the memory profile's prefill batch, the others each decode-graph bucket's forward, eagerly (all buckets in
+one process, or in three groups of buckets that compile different kernels where the machine has the cores); then
+they exit. Triton writes
 every kernel it compiles to its on-disk cache, where the engine finds them. The engine waits for this process to
 exit before its memory profile (so the profile sees only its own memory), and kills them if they take too long.
 
@@ -84,12 +86,27 @@ def spec_for(args: EngineArgs) -> dict[str, Any] | None:
     }
 
 
-# Compiled by two processes side by side: the memory profile's prefill kernels, the decode-graph buckets' kernels.
-PARTS = ("prefill", "decode")
+# The decode-graph buckets by the kernel variants they compile: batch 1 (the skinny GEMM's FMA path, with PDL),
+# 2-8 (its tensor-core path, with PDL: pdl.MAX_GRAPH_BATCH), larger (no PDL; cuBLAS above 16 rows). Given enough
+# cores, each group is compiled by a process of its own.
+_DECODE_GROUPS = ((1, 1), (2, 8), (9, 1 << 30))
+_MIN_CPUS_FOR_GROUPS = 8
+
+
+def parts(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """What each warm-up process compiles (merged into its spec): the memory profile's prefill kernels, and the
+    decode-graph buckets' kernels — in one process, or one per :data:`_DECODE_GROUPS` group on machines with at
+    least ``_MIN_CPUS_FOR_GROUPS`` cores. All run side by side."""
+    out: list[dict[str, Any]] = [{"part": "prefill"}]
+    if spec["enforce_eager"]:
+        return out
+    if (os.cpu_count() or 1) < _MIN_CPUS_FOR_GROUPS:
+        return [*out, {"part": "decode"}]
+    return [*out, *({"part": "decode", "buckets": list(group)} for group in _DECODE_GROUPS)]
 
 
 def start(args: EngineArgs) -> list[subprocess.Popen[bytes]] | None:
-    """Start the warm-up processes for ``args`` (one per part of :data:`PARTS`, compiling in parallel; see the
+    """Start the warm-up processes for ``args`` (one per entry of :func:`parts`, compiling in parallel; see the
     module docstring); None when the warm-up does not apply."""
     spec = spec_for(args)
     if spec is None:
@@ -97,11 +114,11 @@ def start(args: EngineArgs) -> list[subprocess.Popen[bytes]] | None:
     debug = os.environ.get("INFERD_KERNEL_WARMUP") == "debug"
     out = None if debug else subprocess.DEVNULL
     procs = []
-    for part in PARTS if not spec["enforce_eager"] else PARTS[:1]:
+    for part in parts(spec):
         try:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "inferd.worker.kernel_warmup", json.dumps({**spec, "part": part})],
+                    [sys.executable, "-m", "inferd.worker.kernel_warmup", json.dumps({**spec, **part})],
                     stdout=out,
                     stderr=out,
                 )
@@ -212,8 +229,10 @@ def run(spec: dict[str, Any]) -> None:
             return
         runner.initialize_kv_cache(2)  # graph warm-ups write no KV (padding slots) and read block 0 only
         graphs = CudaGraphRunner(runner.model, max_num_seqs, max_model_len, runner.block_size, runner.device)
+        low, high = spec.get("buckets") or (1, max_num_seqs)
         for bs in reversed(graphs.buckets):
-            graphs.forward_eagerly(bs)
+            if low <= bs <= high:
+                graphs.forward_eagerly(bs)
         torch.cuda.synchronize()
 
 

@@ -238,14 +238,28 @@ class ModelRunner:
                 return False
         return True
 
-    @torch.inference_mode()
     def execute_model(self, so: SchedulerOutput, num_steps: int = 1) -> ModelRunnerOutput:
         """Run one step, or ``num_steps`` decode steps back to back (see Scheduler.add_decode_lookahead)."""
+        return self.launch_model(so, num_steps).result()
+
+    @torch.inference_mode()
+    def launch_model(
+        self, so: SchedulerOutput, num_steps: int = 1, continues: PendingRound | None = None
+    ) -> PendingRound:
+        """Start a step; its output comes from ``.result()``. A multi-step decode round (``num_steps`` > 1) is
+        only queued on the device here, so the host is free until ``result()``: ``continues`` is then the round
+        still running whose last sampled tokens are this round's inputs (Scheduler.schedule_continuation; the
+        host does not know them yet). Rounds must be resolved with ``result()`` in launch order."""
         self._update_states(so)
         if so.total_num_scheduled_tokens == 0:
-            return ModelRunnerOutput(req_ids=[], sampled_token_ids=[])
+            return PendingRound(self, ModelRunnerOutput(req_ids=[], sampled_token_ids=[]))
         if num_steps > 1:
-            return self._execute_multistep(so, num_steps)
+            return self._launch_multistep(so, num_steps, continues)
+        assert continues is None, "only a multi-step decode round continues a running round"
+        return PendingRound(self, self._execute_step(so))
+
+    def _execute_step(self, so: SchedulerOutput) -> ModelRunnerOutput:
+        """One step (prefill chunks and/or decodes), synchronously."""
         inputs = prepare_step_inputs(so, self.requests, self.block_size)
         num_seqs = len(inputs.seq_lens)
         prompt_logprobs: dict[str, list[TokenLogprobs | None]] = {}
@@ -296,12 +310,18 @@ class ModelRunner:
             prompt_logprobs=prompt_logprobs,
         )
 
-    def _execute_multistep(self, so: SchedulerOutput, num_steps: int) -> ModelRunnerOutput:
-        """``num_steps`` decode steps; each step's sampled tokens feed the next on the device, one sync at the end."""
-        inputs = prepare_step_inputs(so, self.requests, self.block_size)
+    def _launch_multistep(
+        self, so: SchedulerOutput, num_steps: int, continues: PendingRound | None
+    ) -> PendingRound:
+        """Queue ``num_steps`` decode steps; each step's sampled tokens feed the next on the device. Nothing here
+        waits for the device: the tokens come back through one pinned copy that ``PendingRound.result()`` waits for."""
+        inputs = prepare_step_inputs(
+            so, self.requests, self.block_size, inputs_on_device=continues is not None
+        )
         req_ids = inputs.sample_req_ids
         n = len(req_ids)
         assert inputs.max_query_len == 1 and n == len(inputs.seq_lens), "multi-step needs a decode-only batch"
+        first_ids = None if continues is None else continues.last_tokens_for(req_ids)
         bs = self.block_size
         positions = inputs.positions[None, :] + np.arange(num_steps)[:, None]  # [num_steps, n]
         slots = (
@@ -309,19 +329,29 @@ class ModelRunner:
         )
         metadata = self.sampling_batch.make_metadata(req_ids)
         use_graph = self.graph_runner is not None and self.graph_runner.can_run(n)
-        slots_dev = torch.from_numpy(slots).to(self.device)  # one copy for all steps
+        slots_dev = self._to_device(slots)  # one copy for all steps
         step_tokens: list[torch.Tensor] = []
         for i in range(num_steps):
             if use_graph:
                 assert self.graph_runner is not None
                 if i == 0:
                     logits = self.graph_runner.run(
-                        inputs.input_ids, inputs.positions, inputs.slots, inputs.seq_lens, inputs.block_tables
+                        inputs.input_ids,
+                        inputs.positions,
+                        inputs.slots,
+                        inputs.seq_lens,
+                        inputs.block_tables,
+                        input_ids_device=first_ids,
                     )
                 else:
                     logits = self.graph_runner.run_next(step_tokens[-1], slots_dev[i])
             else:
-                input_ids = torch.from_numpy(inputs.input_ids).to(self.device) if i == 0 else step_tokens[-1]
+                if i > 0:
+                    input_ids = step_tokens[-1]
+                elif first_ids is not None:
+                    input_ids = first_ids
+                else:
+                    input_ids = self._to_device(inputs.input_ids)
                 meta = self._make_metadata(
                     np.ascontiguousarray(slots[i]),
                     inputs.query_start_loc,
@@ -330,15 +360,28 @@ class ModelRunner:
                     1,
                     int(inputs.seq_lens.max()) + i,
                 )
-                step_positions = torch.from_numpy(np.ascontiguousarray(positions[i])).to(self.device)
-                hidden = self.model(input_ids, step_positions, meta)
+                hidden = self.model(input_ids, self._to_device(np.ascontiguousarray(positions[i])), meta)
                 logits = self.model.compute_logits(hidden)
             step_tokens.append(self._sample(logits, metadata).sampled_token_ids)
-        tokens = torch.stack(step_tokens, dim=1).tolist()  # [n, num_steps]: the step's one host sync
+        for req_id in req_ids:
+            self.requests[req_id].num_computed_tokens += num_steps
+        return PendingRound(self, None, req_ids, step_tokens)
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """A host array on the device without waiting for the device (a pinned staging copy on CUDA)."""
+        t = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
+    def _finish_multistep(self, req_ids: list[str], tokens: list[list[int]]) -> ModelRunnerOutput:
+        """A multi-step round's tokens reached the host: extend the requests' known tokens. Requests finished or
+        aborted since the round was launched are gone already (their tokens are dropped by the scheduler)."""
         for req_id, row in zip(req_ids, tokens):
-            state = self.requests[req_id]
+            state = self.requests.get(req_id)
+            if state is None:
+                continue
             state.token_ids.extend(row)
-            state.num_computed_tokens += num_steps
             for tok in row:
                 self.sampling_batch.append_output_token(req_id, tok)
         return ModelRunnerOutput(req_ids=req_ids, sampled_token_ids=tokens)
@@ -367,3 +410,51 @@ class ModelRunner:
                 chunk.extend(logprobs_to_lists(tensors, [k] * len(rows)))
             result[req_id] = chunk
         return result
+
+
+class PendingRound:
+    """A launched step: ``result()`` waits for its tokens (once) and returns the ModelRunnerOutput."""
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        output: ModelRunnerOutput | None,
+        req_ids: list[str] | None = None,
+        step_tokens: list[torch.Tensor] | None = None,
+    ) -> None:
+        self._runner = runner
+        self._output = output
+        self.req_ids = req_ids or []
+        self._last_tokens: torch.Tensor | None = None
+        self._host: torch.Tensor | None = None
+        self._event: torch.cuda.Event | None = None
+        if step_tokens is not None:
+            self._last_tokens = step_tokens[-1]  # [n] on the device: the next round's inputs
+            tokens = torch.stack(step_tokens, dim=1)  # [n, num_steps]
+            if tokens.is_cuda:
+                self._host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+                self._host.copy_(tokens, non_blocking=True)
+                self._event = torch.cuda.Event()
+                self._event.record()
+            else:
+                self._host = tokens
+
+    def last_tokens_for(self, req_ids: list[str]) -> torch.Tensor:
+        """The last sampled token of each of ``req_ids`` (all in this round), on the device, in that order."""
+        assert self._last_tokens is not None, "not a multi-step round"
+        if req_ids == self.req_ids:
+            return self._last_tokens
+        row = {r: i for i, r in enumerate(self.req_ids)}
+        index = torch.tensor([row[r] for r in req_ids], dtype=torch.long)
+        if self._last_tokens.is_cuda:
+            index = index.pin_memory().to(self._last_tokens.device, non_blocking=True)
+        return self._last_tokens.index_select(0, index)
+
+    def result(self) -> ModelRunnerOutput:
+        if self._output is None:
+            assert self._host is not None
+            if self._event is not None:
+                self._event.synchronize()
+            self._output = self._runner._finish_multistep(self.req_ids, self._host.tolist())
+            self._host = None
+        return self._output

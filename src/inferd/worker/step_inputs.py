@@ -44,9 +44,12 @@ class StepInputs:
 
 
 def prepare_step_inputs(
-    so: SchedulerOutput, requests: dict[str, RequestState], block_size: int
+    so: SchedulerOutput, requests: dict[str, RequestState], block_size: int, inputs_on_device: bool = False
 ) -> StepInputs:
-    """Flat host inputs of one step, in ``so.num_scheduled_tokens`` order."""
+    """Flat host inputs of one step, in ``so.num_scheduled_tokens`` order.
+
+    ``inputs_on_device``: a decode round that continues one still running (every request computes one token that
+    the host has not seen yet): ``input_ids`` are zeros, to be replaced on the device, and every request samples."""
     bs = block_size
     req_ids = list(so.num_scheduled_tokens)
     num_seqs = len(req_ids)
@@ -67,7 +70,11 @@ def prepare_step_inputs(
         n = so.num_scheduled_tokens[req_id]
         start = state.num_computed_tokens
         end = start + n
-        if n == 1:
+        if inputs_on_device:
+            assert n == 1, "a continued round decodes one token per request"
+            input_ids[offset] = 0
+            positions[offset] = start
+        elif n == 1:
             input_ids[offset] = state.token_ids[start]
             positions[offset] = start
         else:
@@ -76,7 +83,7 @@ def prepare_step_inputs(
         block_tables[i, : len(state.block_ids)] = state.block_ids
         seq_lens[i] = end
         max_query_len = max(max_query_len, n)
-        if end == len(state.token_ids):
+        if inputs_on_device or end == len(state.token_ids):
             sample_req_ids.append(req_id)
             sample_rows.append(offset + n - 1)
         if state.prompt_logprobs is not None and start < state.num_prompt_tokens - 1:
