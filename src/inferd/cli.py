@@ -17,15 +17,11 @@ import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from inferd import __version__
 from inferd.cli_flags import _one_or_list, add_serve_arguments
 from inferd.config import EngineArgs
-
-if TYPE_CHECKING:
-    from inferd.engine.core_client import EngineCoreClient
-    from inferd.engine.dp_client import DPEngineCoreClient
 
 ENV_PREFIX = "INFERD_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -50,32 +46,12 @@ def _exit_0(signum: int, frame: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     # A SIGTERM before the server installs its own handlers has nothing to drain: exit 0, as after a drain.
     signal.signal(signal.SIGTERM, _exit_0)
-    parser: argparse.ArgumentParser = args._parser
-    engine_args = engine_args_from_namespace(args, parser)
-    _configure_logging(args.uvicorn_log_level)  # before the engine process starts: it takes this log level
-    # The engine process(es) start first: they import torch and load the model while this process imports the
-    # server (fastapi, uvicorn, pydantic: about a second) and builds it. Nothing here may end the program without
-    # stopping them; once the server runs, its lifespan owns them.
-    from inferd.engine.dp_client import start_engine_client
-
-    client = start_engine_client(engine_args)
-    try:
-        return _serve(args, parser, engine_args, client)
-    finally:
-        client.shutdown()  # idempotent: normally the server's lifespan has stopped it already
-
-
-def _serve(
-    args: argparse.Namespace,
-    parser: argparse.ArgumentParser,
-    engine_args: EngineArgs,
-    client: EngineCoreClient | DPEngineCoreClient,
-) -> int:
     from inferd.server.chat_template import load_chat_template
     from inferd.server.launcher import run_server
     from inferd.server.server_args import ServerArgs
-    from inferd.server.state import engine_factory_for
 
+    parser: argparse.ArgumentParser = args._parser
+    engine_args = engine_args_from_namespace(args, parser)
     try:
         server_args = ServerArgs(
             host=args.host,
@@ -96,7 +72,8 @@ def _serve(
         )
     except ValueError as e:
         parser.error(str(e))
-    return run_server(server_args, engine_args, engine_factory_for(client))
+    _configure_logging(args.uvicorn_log_level)
+    return run_server(server_args, engine_args)
 
 
 def engine_args_from_namespace(args: argparse.Namespace, parser: argparse.ArgumentParser) -> EngineArgs:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from inferd.config import EngineArgs
 from inferd.engine.stats import StatLoggerBase
@@ -23,10 +23,6 @@ from inferd.server.errors import APIError, from_value_error, not_ready
 from inferd.server.limits import Admission, AdmissionControl
 from inferd.server.metrics import PrometheusStatLogger
 from inferd.server.server_args import ServerArgs
-
-if TYPE_CHECKING:
-    from inferd.engine.core_client import EngineCoreClient
-    from inferd.engine.dp_client import DPEngineCoreClient
 
 logger = logging.getLogger("inferd.server")
 T = TypeVar("T")
@@ -66,23 +62,6 @@ async def _default_engine_factory(
     from inferd.engine.dp_client import start_engine_client
 
     client = await asyncio.to_thread(start_engine_client, engine_args)
-    return await _engine_around(client, engine_args, stat_loggers)
-
-
-def engine_factory_for(client: EngineCoreClient | DPEngineCoreClient) -> EngineFactory:
-    """The default engine factory around engine process(es) started already (``start_engine_client``, as
-    ``inferd serve`` does before importing the server)."""
-
-    async def factory(engine_args: EngineArgs, stat_loggers: list[StatLoggerBase]) -> EngineClient:
-        return await _engine_around(client, engine_args, stat_loggers)
-
-    return factory
-
-
-async def _engine_around(
-    client: EngineCoreClient | DPEngineCoreClient, engine_args: EngineArgs, stat_loggers: list[StatLoggerBase]
-) -> EngineClient:
-    """The frontend (AsyncLLM, imported off the event loop) around started engine process(es)."""
     try:
         module = await asyncio.to_thread(importlib.import_module, "inferd.engine.async_llm")
     except BaseException:
