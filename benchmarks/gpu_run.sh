@@ -2,8 +2,8 @@
 # Everything inferd does on a GPU box in one go: GPU tests, benchmarks, and the HF transformers peer.
 # Results land in $OUT (default ./gpu-results). Run from the repository root:
 #   ../shared/device/stage-wheels.sh   # (here) stage the server wheels the GPU image lacks into .whl/
-#   bash benchmarks/gpu_run.sh [tests|bench|big|peer|gemv|skinny-ab|pdl-ab|warmup-ab|profile|tp|dp|all]
-#   (tp and dp need two GPUs; pdl-ab, warmup-ab and profile are not part of all)
+#   bash benchmarks/gpu_run.sh [tests|bench|big|peer|gemv|skinny-ab|pdl-ab|async-ab|warmup-ab|profile|tp|dp|all]
+#   (tp and dp need two GPUs; pdl-ab, async-ab, warmup-ab and profile are not part of all)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
@@ -27,8 +27,8 @@ if [[ $MODE == tests || $MODE == all ]]; then
   timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu tests/kernels tests/unit/test_models.py \
     tests/unit/test_sampler.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -3
   # The server end to end on the GPU (grammars, tools, streaming) with a tiny random model.
-  timeout 240 python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/e2e/test_tools_and_structured.py \
-    tests/e2e/test_server.py 2>&1 | tee "$OUT/gpu_e2e.log" | tail -3
+  timeout 300 python3 -m pytest -q -p no:cacheprovider -m "not slow" tests/e2e/test_tools_and_structured.py \
+    tests/e2e/test_server.py tests/e2e/test_async_scheduling.py 2>&1 | tee "$OUT/gpu_e2e.log" | tail -3
 fi
 if [[ $MODE == bench || $MODE == all ]]; then
   timeout 240 python3 -m inferd bench latency $CFG "${COMMON[@]}" --batch-size 1 32 \
@@ -71,6 +71,14 @@ if [[ $MODE == pdl-ab ]]; then  # programmatic dependent launch off / on (on: de
       --output-json "$OUT/latency_pdl$p.json" 2>&1 | grep -E "latency:|Error|error" | sed "s/^/pdl=$p /"
     INFERD_PDL=$p timeout 300 python3 -m inferd bench throughput $CFG "${COMMON[@]}" \
       --output-json "$OUT/throughput_pdl$p.json" 2>&1 | grep -E "throughput:|Error|error" | sed "s/^/pdl=$p /"
+  done
+fi
+if [[ $MODE == async-ab ]]; then  # asynchronous scheduling off / on (latency at batch 1, 8, 64; throughput)
+  for a in no-async-scheduling async-scheduling; do
+    timeout 200 python3 -m inferd bench latency $CFG "${COMMON[@]}" --$a --batch-size 1 8 64 \
+      --output-json "$OUT/latency_$a.json" 2>&1 | grep -E "latency:|Error|error" | sed "s/^/$a /"
+    timeout 300 python3 -m inferd bench throughput $CFG "${COMMON[@]}" --$a \
+      --output-json "$OUT/throughput_$a.json" 2>&1 | grep -E "throughput:|Error|error" | sed "s/^/$a /"
   done
 fi
 if [[ $MODE == warmup-ab ]]; then  # cold start with an empty Triton cache, kernel warm-up processes off / on

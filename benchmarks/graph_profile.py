@@ -138,10 +138,11 @@ def main() -> None:
 
     # Record what each engine step ran: device decode steps, sequences, tokens produced.
     step_log: list[dict[str, int]] = []
-    original_execute = core.executor.execute_model
+    # (With asynchronous scheduling an engine step also launches the next round: the log lists launched rounds.)
+    original_launch = core.executor.launch_model
     original_step = core.step
 
-    def execute(so: Any, num_steps: int = 1) -> Any:
+    def launch(so: Any, num_steps: int = 1, continues: Any = None) -> Any:
         step_log.append(
             {
                 "num_steps": num_steps,
@@ -149,7 +150,7 @@ def main() -> None:
                 "scheduled_tokens": so.total_num_scheduled_tokens,
             }
         )
-        return original_execute(so, num_steps)
+        return original_launch(so, num_steps, continues)
 
     def step() -> Any:
         out = original_step()
@@ -157,7 +158,7 @@ def main() -> None:
             step_log[-1]["new_tokens"] = sum(len(o.new_token_ids) for o in out.outputs)
         return out
 
-    core.executor.execute_model = execute  # type: ignore[method-assign]
+    core.executor.launch_model = launch  # type: ignore[method-assign]
     core.step = step  # type: ignore[method-assign]
 
     sp = SamplingParams(

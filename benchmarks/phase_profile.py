@@ -4,7 +4,8 @@ by batch size, and the engine's host work around them (scheduling, output proces
 python benchmarks/phase_profile.py benchmarks/model-configs/qwen3-0.6b [--num-prompts 256] [--output-json F]
 
 Each engine step is timed with a device synchronize after it (the step already ends in one host sync, so this
-adds little); the figures are seconds of wall time summed over the run.
+adds little); the figures are seconds of wall time summed over the run. The engine runs with asynchronous
+scheduling off (``async_scheduling=False``): a step then holds exactly its own work, which is what this splits.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ def main() -> None:
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--max-tokens-cap", type=int, default=None, help="cap output lengths (quick runs)")
     args = p.parse_args()
-    llm = LLM(args.model, load_format="dummy", dtype="bfloat16", max_model_len=args.max_model_len)
+    llm = LLM(
+        args.model,
+        load_format="dummy",
+        dtype="bfloat16",
+        max_model_len=args.max_model_len,
+        async_scheduling=False,
+    )
     core = llm.llm_engine.engine_core
     vocab = llm.llm_engine.model_config.hf_config.vocab_size
     requests = random_requests(args.num_prompts, None, None, seed=0)
@@ -49,12 +56,13 @@ def main() -> None:
     stats: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])  # seconds, steps, tokens
     original_step = core.step
     executor = core.executor
-    original_execute = executor.execute_model
+    original_launch = executor.launch_model
     device_time = [0.0]
 
-    def execute(so: Any, num_steps: int = 1) -> Any:
+    def launch(so: Any, num_steps: int = 1, continues: Any = None) -> Any:
         start = time.perf_counter()
-        out = original_execute(so, num_steps)
+        out = original_launch(so, num_steps, continues)
+        out.result()  # the synchronous engine waits for each step right away anyway
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         device_time[0] += time.perf_counter() - start
@@ -92,7 +100,7 @@ def main() -> None:
         return out
 
     core.step = step  # type: ignore[method-assign]
-    executor.execute_model = execute  # type: ignore[method-assign]
+    executor.launch_model = launch  # type: ignore[method-assign]
     start = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     total = time.perf_counter() - start
