@@ -137,7 +137,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="Schedule the next multi-step decode round while the current one runs on the device, so the device "
-        "does not wait for the host between rounds (single-GPU engines; tensor parallelism runs rounds in turn).",
+        "does not wait for the host between rounds.",
     )
     g.add_argument(
         "--max-num-batched-tokens",

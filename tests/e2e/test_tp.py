@@ -20,7 +20,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 
 def _generate(
-    model: Path, params: SamplingParams = GREEDY, **kwargs: Any
+    model: Path, params: SamplingParams | list[SamplingParams] = GREEDY, **kwargs: Any
 ) -> tuple[list[list[int]], list[str]]:
     llm = LLM(
         str(model), dtype="float32", max_model_len=256, kv_cache_memory_bytes=16 << 20, seed=0, **kwargs
@@ -38,6 +38,17 @@ def _generate(
 def test_tp2_greedy_equals_tp1(fixture: str, request: pytest.FixtureRequest) -> None:
     model = request.getfixturevalue(fixture)
     assert _generate(model, tensor_parallel_size=2)[0] == _generate(model)[0]
+
+
+def test_tp2_async_multistep_rounds_equal_tp1(tiny_qwen3: Path) -> None:
+    """Multi-step rounds scheduled while the previous one runs (the workers queue and resolve theirs in order):
+    the same greedy tokens as TP = 1 stepping one token at a time, with length stops at many offsets of a round."""
+    params = [
+        SamplingParams(temperature=0.0, max_tokens=5 + 3 * i, ignore_eos=True) for i in range(len(PROMPTS))
+    ]
+    fast = _generate(tiny_qwen3, params, tensor_parallel_size=2, num_scheduler_steps=4, async_scheduling=True)
+    assert fast[0] == _generate(tiny_qwen3, params)[0]
+    assert [len(t) for t in fast[0]] == [p.max_tokens for p in params]
 
 
 def test_tp2_seeded_sampling_is_reproducible(tiny_qwen3: Path) -> None:

@@ -43,7 +43,7 @@ class EngineCore:
         self.scheduler = Scheduler(config.scheduler_config, config.cache_config, num_blocks)
         self.num_blocks = num_blocks
         self.num_scheduler_steps = config.scheduler_config.num_scheduler_steps
-        self.async_scheduling = config.scheduler_config.async_scheduling and self.executor.overlaps_rounds
+        self.async_scheduling = config.scheduler_config.async_scheduling
         # A decode round queued on the device but not yet updated: (its SchedulerOutput, steps, launched round).
         self._next_round: tuple[SchedulerOutput, int, PendingRound] | None = None
 

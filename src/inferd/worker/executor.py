@@ -12,6 +12,7 @@ A worker that dies stops this process (exit code 1) rather than leaving it block
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import pickle
@@ -45,10 +46,6 @@ class UniprocExecutor:
     def collective_rpc(self, method: str, *args: Any) -> Any:
         """Call ``ModelRunner.<method>(*args)`` on every rank; rank 0's result."""
         return getattr(self.driver, method)(*args)
-
-    # Multi-step decode rounds are queued on the device without waiting (ModelRunner.launch_model), so the engine
-    # may schedule the next round while one runs.
-    overlaps_rounds = True
 
     def execute_model(self, so: SchedulerOutput, num_steps: int = 1) -> ModelRunnerOutput:
         return self.driver.execute_model(so, num_steps)
@@ -176,13 +173,8 @@ class MultiprocExecutor:
 
     def collective_rpc(self, method: str, *args: Any) -> Any:
         """Call ``ModelRunner.<method>(*args)`` on every rank (workers first, then rank 0); rank 0's result."""
-        data = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
-        for conn in self._conns:
-            conn.send_bytes(data)
+        self._send_to_workers(method, *args)
         return getattr(self.driver, method)(*args)
-
-    # Every step is a collective call that returns when done: no round runs while the next is scheduled.
-    overlaps_rounds = False
 
     def execute_model(self, so: SchedulerOutput, num_steps: int = 1) -> ModelRunnerOutput:
         return self.collective_rpc("execute_model", so, num_steps)
@@ -190,8 +182,17 @@ class MultiprocExecutor:
     def launch_model(
         self, so: SchedulerOutput, num_steps: int = 1, continues: PendingRound | None = None
     ) -> PendingRound:
-        assert continues is None, "tensor-parallel steps do not overlap"
-        return PendingRound(self.driver, self.execute_model(so, num_steps))
+        """Launch on every rank: the workers queue the round (``ModelRunner.launch_queued``), rank 0's is
+        returned; its ``result()`` also tells the workers to resolve theirs (rounds resolve in launch order)."""
+        self._send_to_workers("launch_queued", so, num_steps, continues is not None)
+        launched = self.driver.launch_model(so, num_steps, continues)
+        launched.before_result = functools.partial(self._send_to_workers, "resolve_queued")
+        return launched
+
+    def _send_to_workers(self, method: str, *args: Any) -> None:
+        data = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
+        for conn in self._conns:
+            conn.send_bytes(data)
 
     def _kill_workers(self) -> None:
         for proc in self._procs:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -79,6 +80,9 @@ class ModelRunner:
         self._parked: set[str] = set()  # preempted: sampling state (seeded generators) kept until they resume
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graph_runner: CudaGraphRunner | None = None
+        self._queued: deque[PendingRound] = (
+            deque()
+        )  # tensor-parallel worker ranks: launched, not yet resolved
 
     # ------------------------------------------------------------------ setup
     def _load_model(self) -> torch.nn.Module:
@@ -258,6 +262,16 @@ class ModelRunner:
         assert continues is None, "only a multi-step decode round continues a running round"
         return PendingRound(self, self._execute_step(so))
 
+    def launch_queued(self, so: SchedulerOutput, num_steps: int, continued: bool) -> None:
+        """``launch_model`` for a tensor-parallel worker rank: the round is kept here (``continued``: it continues
+        the round launched last) until :meth:`resolve_queued`, which the driver calls once per launch, in order."""
+        continues = self._queued[-1] if continued else None
+        self._queued.append(self.launch_model(so, num_steps, continues))
+
+    def resolve_queued(self) -> None:
+        """Wait for this rank's oldest launched round and apply its tokens (see :meth:`launch_queued`)."""
+        self._queued.popleft().result()
+
     def _execute_step(self, so: SchedulerOutput) -> ModelRunnerOutput:
         """One step (prefill chunks and/or decodes), synchronously."""
         inputs = prepare_step_inputs(so, self.requests, self.block_size)
@@ -413,7 +427,8 @@ class ModelRunner:
 
 
 class PendingRound:
-    """A launched step: ``result()`` waits for its tokens (once) and returns the ModelRunnerOutput."""
+    """A launched step: ``result()`` waits for its tokens (once) and returns the ModelRunnerOutput.
+    ``before_result``, when set, is called once first (tensor parallelism: tell the workers to resolve their copy)."""
 
     def __init__(
         self,
@@ -424,6 +439,7 @@ class PendingRound:
     ) -> None:
         self._runner = runner
         self._output = output
+        self.before_result: Callable[[], None] | None = None
         self.req_ids = req_ids or []
         self._last_tokens: torch.Tensor | None = None
         self._host: torch.Tensor | None = None
@@ -451,6 +467,9 @@ class PendingRound:
         return self._last_tokens.index_select(0, index)
 
     def result(self) -> ModelRunnerOutput:
+        if self.before_result is not None:
+            notify, self.before_result = self.before_result, None
+            notify()
         if self._output is None:
             assert self._host is not None
             if self._event is not None:
