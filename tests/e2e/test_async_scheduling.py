@@ -83,6 +83,20 @@ def test_async_equals_sync_with_stops_mid_round(tiny_qwen3: Path, monkeypatch: p
             assert len(tokens) == p.max_tokens
 
 
+def test_a_queued_round_whose_requests_all_stopped_is_drained(tiny_qwen3: Path) -> None:
+    """The last requests stop on a token while the next round is queued: the engine waits for that round before
+    it reports nothing left to do, so no round lingers into the next request."""
+    stop = _stop_token(tiny_qwen3)
+    llm = _llm(tiny_qwen3, async_scheduling=True)
+    params = SamplingParams(temperature=0, max_tokens=60, stop_token_ids=[stop])
+    outs = llm.generate(["Hello", "The quick brown fox"], params, use_tqdm=False)
+    assert all(o.outputs[0].finish_reason == "stop" for o in outs)
+    core = llm.llm_engine.engine_core
+    assert core._next_round is None and core.scheduler.kv_cache_manager.usage == 0.0
+    again = llm.generate(["Hello"], params, use_tqdm=False)
+    assert again[0].outputs[0].token_ids == outs[0].outputs[0].token_ids
+
+
 def test_async_abort_and_new_requests_between_rounds(tiny_qwen3: Path) -> None:
     """Requests aborted while a continued round is queued, and requests added then, end cleanly."""
     llm = _llm(tiny_qwen3, async_scheduling=True)

@@ -113,6 +113,12 @@ class EngineCore:
                 so, n = following
                 self._next_round = (so, n, self.executor.launch_model(so, n, continues=launched))
         outputs = self.scheduler.update_from_output(scheduler_output, launched.result())
+        if self._next_round is not None and not self.scheduler.has_unfinished_requests():
+            # Every request of the queued round stopped on a token of this one: wait for it now (it produces
+            # nothing) rather than leave it to the next request's first step.
+            so, _, queued = self._next_round
+            self._next_round = None
+            self.scheduler.update_from_output(so, queued.result())
         outputs.timestamp = time.time()
         return outputs
 
