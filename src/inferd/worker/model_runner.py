@@ -80,9 +80,8 @@ class ModelRunner:
         self._parked: set[str] = set()  # preempted: sampling state (seeded generators) kept until they resume
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graph_runner: CudaGraphRunner | None = None
-        self._queued: deque[PendingRound] = (
-            deque()
-        )  # tensor-parallel worker ranks: launched, not yet resolved
+        # Tensor-parallel worker ranks: rounds launched and not yet resolved, oldest first.
+        self._queued: deque[PendingRound] = deque()
 
     # ------------------------------------------------------------------ setup
     def _load_model(self) -> torch.nn.Module:
