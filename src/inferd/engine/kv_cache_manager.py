@@ -158,7 +158,8 @@ class KVCacheManager:
         """Make the request hold blocks for its first ``num_slots`` token positions, tokens that are not known yet
         included (a decode round scheduled while the previous round's tokens are still on the device). Returns the
         appended block ids, or ``None`` with nothing changed when there are not enough free blocks. Caches nothing:
-        the next :meth:`allocate_slots` call caches the blocks whose tokens are known by then."""
+        the next :meth:`allocate_slots` call caches the blocks whose tokens are known by then (the scheduler's
+        allocate_slots for the round's first token has cached every full block known before the round)."""
         req_blocks = self._req_to_blocks.get(request.req_id)
         assert req_blocks is not None, "reserve_slots extends a running request's table"
         num_fresh = max(0, -(-num_slots // self.block_size) - len(req_blocks))
@@ -181,6 +182,9 @@ class KVCacheManager:
                 self._free_queue[block_id] = None
                 if self._block_hash[block_id] is None:
                     self._free_queue.move_to_end(block_id, last=False)
+
+    def num_blocks_held(self, req_id: str) -> int:
+        return len(self._req_to_blocks.get(req_id, ()))
 
     def get_block_ids(self, req_id: str) -> list[int]:
         """The request's block table (a copy); empty when it holds no blocks."""

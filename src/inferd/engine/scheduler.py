@@ -292,17 +292,12 @@ class Scheduler:
             num_steps = min(num_steps, self.max_model_len - r.num_tokens + 1)
         if num_steps <= 1:
             return 1
-        kv = self.kv_cache_manager
-        needed = sum(
-            max(0, -(-(r.num_tokens + num_steps - 1) // self.block_size) - len(kv.get_block_ids(r.req_id)))
-            for r in requests
-        )
-        if needed > kv.num_free_blocks:
+        # The round computes positions num_tokens - 1 onwards, num_steps of them.
+        extra = self._reserve_slots_all(requests, [r.num_tokens - 1 + num_steps for r in requests])
+        if extra is None:
             return 1
-        for r, cached in zip(requests, scheduler_output.scheduled_cached_reqs):
-            extra = kv.allocate_slots(r, 0, num_lookahead_tokens=num_steps)
-            assert extra is not None
-            cached.new_block_ids.extend(extra)
+        for cached, blocks in zip(scheduler_output.scheduled_cached_reqs, extra):
+            cached.new_block_ids.extend(blocks)
         return num_steps
 
     def schedule_continuation(
@@ -339,19 +334,15 @@ class Scheduler:
             return None
         # After prev a request holds num_tokens + prev_steps tokens, the last not computed yet: this round computes
         # positions num_tokens + prev_steps - 1 onwards, num_steps of them.
-        kv = self.kv_cache_manager
-        slots = [r.num_tokens + prev_steps - 1 + num_steps for r in continuing]
-        needed = sum(
-            max(0, -(-n // self.block_size) - len(kv.get_block_ids(r.req_id)))
-            for r, n in zip(continuing, slots)
+        extra = self._reserve_slots_all(
+            continuing, [r.num_tokens + prev_steps - 1 + num_steps for r in continuing]
         )
-        if needed > kv.num_free_blocks:
+        if extra is None:
             return None
-        cached: list[CachedRequestData] = []
-        for request, n in zip(continuing, slots):
-            new_blocks = kv.reserve_slots(request, n)
-            assert new_blocks is not None
-            cached.append(CachedRequestData(request.req_id, new_blocks, request.num_tokens + prev_steps - 1))
+        cached = [
+            CachedRequestData(r.req_id, blocks, r.num_tokens + prev_steps - 1)
+            for r, blocks in zip(continuing, extra)
+        ]
         finished_ids = self.finished_req_ids
         self.finished_req_ids = set()
         so = SchedulerOutput(
@@ -364,6 +355,20 @@ class Scheduler:
         return so, num_steps
 
     # ------------------------------------------------------------------ internals
+    def _reserve_slots_all(self, requests: list[Request], num_slots: list[int]) -> list[list[int]] | None:
+        """KV blocks for the first ``num_slots[i]`` positions of each request (decode rounds), for all of them or
+        for none: the appended block ids per request, or None with nothing changed when blocks are short."""
+        kv = self.kv_cache_manager
+        needed = sum(
+            max(0, -(-n // self.block_size) - kv.num_blocks_held(r.req_id))
+            for r, n in zip(requests, num_slots)
+        )
+        if needed > kv.num_free_blocks:
+            return None
+        extra = [kv.reserve_slots(r, n) for r, n in zip(requests, num_slots)]
+        assert all(blocks is not None for blocks in extra)
+        return extra  # type: ignore[return-value]
+
     def _preempt(self, request: Request) -> None:
         self.kv_cache_manager.free(request)
         request.status = RequestStatus.PREEMPTED
