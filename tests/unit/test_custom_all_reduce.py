@@ -180,6 +180,51 @@ def _cuda_rank(rank: int, world_size: int, init_method: str, out_dir: str) -> No
                 check(f"graph replay {replay} direct {t}", got, ref, exact=False)
                 check(f"graph replay {replay} tp_all_reduce {t}", via, ref, exact=False)
         torch.cuda.synchronize(device)
+
+        # The all-reduce fused with the residual add + RMSNorm, against NCCL then the Triton norm.
+        from inferd.distributed.parallel_state import tp_all_reduce_add_rms_norm
+        from inferd.kernels import triton_ops
+
+        result["fused"] = car.fused_enabled
+        weight = torch.rand(HIDDEN, device=device, generator=gen).to(torch.bfloat16)
+        same_gen = torch.Generator(device=device).manual_seed(99)  # the residual is the same on every rank
+
+        def shared(t: int) -> torch.Tensor:
+            return torch.randn(t, HIDDEN, device=device, generator=same_gen).to(torch.bfloat16)
+
+        def fused_ref(x: torch.Tensor, res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return triton_ops.fused_add_rms_norm(nccl(x), res, weight, 1e-6)
+
+        for t in TOKENS:
+            x, res = rand(t), shared(t)
+            for name, got in (
+                (
+                    "direct",
+                    car.all_reduce_add_rms_norm(x, res, weight, 1e-6) if car.should_fuse(x, res) else None,
+                ),
+                ("dispatched", tp_all_reduce_add_rms_norm(x.clone(), res, weight, 1e-6)),
+            ):
+                if got is None:
+                    continue
+                want = fused_ref(x, res)
+                check(f"fused {name} {t} residual", got[1], want[1], exact=False)
+                check(f"fused {name} {t} normed", got[0], want[0], exact=False)
+        static = [(rand(t), shared(t)) for t in TOKENS]
+        torch.cuda.synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fused_outs = [tp_all_reduce_add_rms_norm(x, res, weight, 1e-6) for x, res in static]
+        for replay in range(3):
+            fills = [(rand(t), shared(t)) for t in TOKENS]
+            for (x, res), (fx, fres) in zip(static, fills):
+                x.copy_(fx)
+                res.copy_(fres)
+            graph.replay()
+            for t, (fx, fres), got in zip(TOKENS, fills, fused_outs):
+                want = fused_ref(fx, fres)
+                check(f"fused graph replay {replay} {t} residual", got[1], want[1], exact=False)
+                check(f"fused graph replay {replay} {t} normed", got[0], want[0], exact=False)
+        torch.cuda.synchronize(device)
     except Exception as e:
         result["failures"].append(f"{type(e).__name__}: {e}")
     finally:
@@ -195,5 +240,8 @@ def test_two_gpus_match_nccl_eagerly_and_in_cuda_graphs(tmp_path: Path) -> None:
     for rank, out in enumerate(_run_ranks(_cuda_rank, tmp_path)):
         assert out["enabled"], (
             f"rank {rank}: the custom all-reduce turned itself off (see the WARNING in the log)"
+        )
+        assert out.get("fused"), (
+            f"rank {rank}: the fused all-reduce + RMSNorm turned itself off (see the log)"
         )
         assert out["failures"] == [], f"rank {rank}: {out['failures']}"

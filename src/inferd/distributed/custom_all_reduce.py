@@ -11,6 +11,10 @@ is mapped on every rank by ``torch.distributed._symmetric_memory.rendezvous``. O
 reduced (the kernel's dtypes); NVLink multicast is never used (``TORCH_SYMM_MEM_DISABLE_MULTICAST=1`` is set
 before the rendezvous, so no multicast object is created).
 
+The same buffer also holds, after the one-shot kernel's part, the inboxes and flags of
+``kernels/triton_allreduce.py``: the all-reduce fused with the residual add and RMSNorm that follow a row-parallel
+projection (:meth:`CustomAllReduce.all_reduce_add_rms_norm`: one kernel, one handshake per call).
+
 Construction is collective and checked: every step that can fail on one rank only (imports, checks, the
 allocation, the rendezvous) is followed by an NCCL agreement, so no rank enters a symmetric-memory kernel its
 peers skip; then an eager and a CUDA-graph self-test compare with NCCL. Any failure anywhere disables it on
@@ -98,6 +102,7 @@ class CustomAllReduce:
         group: Any = None,
     ) -> None:
         self.enabled = False
+        self.fused_enabled = False  # all_reduce_add_rms_norm may be used (its own self-tests passed)
         self.reason: str | None = None
         self.device = device
         self.group = group if group is not None else dist.group.WORLD
@@ -105,10 +110,18 @@ class CustomAllReduce:
         self.world_size = dist.get_world_size(self.group)
         self.max_bytes = max(_ALIGN, (max_bytes // _ALIGN) * _ALIGN)
         self.limit_bytes = min(one_shot_max_bytes, self.max_bytes)
+        self._fused_rows = 0  # rows one fused call may carry: FLAG_ROWS once allocated
         self.group_name = ""
         self._buffer: torch.Tensor | None = None
         self._handle: Any = None
         self._views: dict[torch.dtype, torch.Tensor] = {}
+        self._flags: torch.Tensor | None = None  # this rank's fused-kernel flags (int32 [world, FLAG_ROWS])
+        self._epochs: torch.Tensor | None = (
+            None  # this rank's fused-kernel call count per row (int32 [FLAG_ROWS])
+        )
+        self._inbox_ptrs: torch.Tensor | None = None  # int64 [world]: every rank's inboxes as mapped here
+        self._flag_ptrs: torch.Tensor | None = None  # int64 [world]: every rank's flags as mapped here
+        self._fused: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
         self._op: Callable[..., torch.Tensor] | None = None
         self._copy_op: Callable[..., torch.Tensor] | None = None
         self._test: dict[str, Any] = {}
@@ -121,6 +134,10 @@ class CustomAllReduce:
             ("graph capture", self._capture),
             ("graph self-test", self._test_graph),
         ]
+        fused_steps: list[tuple[str, Callable[[], str | None]]] = [
+            ("fused eager self-test", self._test_fused_eager),
+            ("fused graph self-test", self._test_fused_graph),
+        ]
         try:
             for name, step in steps:
                 try:
@@ -132,10 +149,23 @@ class CustomAllReduce:
                 if not self._agree(name, reason):
                     return
             self.enabled = True
+            self.fused_enabled = True
+            for name, step in fused_steps:
+                try:
+                    reason = step()
+                except _Hung:
+                    raise
+                except Exception as e:
+                    reason = f"{type(e).__name__}: {e}"
+                if not self._agree(name, reason, disables="the fused all-reduce + RMSNorm"):
+                    self.fused_enabled = False
+                    break
             logger.info(
-                "Custom all-reduce on (one-shot through symmetric memory, %d ranks, tensors up to %d KiB).",
+                "Custom all-reduce on (one-shot through symmetric memory, %d ranks, tensors up to %d KiB; "
+                "fused with the residual add + RMSNorm: %s).",
                 self.world_size,
                 self.limit_bytes >> 10,
+                "yes" if self.fused_enabled else "no",
             )
         except _Hung as e:
             # Keep everything alive: freeing symmetric memory synchronizes the device, which would block for ever.
@@ -166,9 +196,45 @@ class CustomAllReduce:
         symm.copy_(x)
         return self._op(symm, "sum", self.group_name)
 
+    def should_fuse(self, x: torch.Tensor, residual: torch.Tensor) -> bool:
+        """Whether :meth:`all_reduce_add_rms_norm` takes ``x`` [M, H] with ``residual`` (the same answer on every rank
+        for the same shapes and dtypes)."""
+        return (
+            self.fused_enabled
+            and x.dim() == 2
+            and 0 < x.shape[0] <= self._fused_rows
+            and fits(x, self.device, self.limit_bytes)
+            and residual.shape == x.shape
+            and residual.dtype == x.dtype
+            and residual.is_contiguous()
+        )
+
+    def all_reduce_add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``fused_add_rms_norm(sum of x over the ranks, residual, weight, eps)``: ``(normed, x summed + residual)``
+        as new tensors, in one kernel (see :meth:`should_fuse`). Capturable in a CUDA graph."""
+        assert self._fused is not None and self._inbox_ptrs is not None and self._flag_ptrs is not None
+        assert self._epochs is not None
+        return self._fused(
+            x,
+            residual,
+            weight,
+            eps,
+            self._inbox_ptrs,
+            self._flag_ptrs,
+            self._epochs,
+            self.limit_bytes // x.element_size(),
+            self.rank,
+            self.world_size,
+        )
+
     def close(self) -> None:
         """Drop the buffer and the peers' mappings (call before the process group goes); idempotent."""
         self.enabled = False
+        self.fused_enabled = False
+        self._fused = None
+        self._flags = self._epochs = self._inbox_ptrs = self._flag_ptrs = None
         self._views.clear()
         self._handle = None
         self._buffer = None
@@ -176,7 +242,7 @@ class CustomAllReduce:
 
     # ------------------------------------------------------------------------------------------ construction
 
-    def _agree(self, step: str, reason: str | None) -> bool:
+    def _agree(self, step: str, reason: str | None, disables: str = "custom all-reduce") -> bool:
         """NCCL MIN of the ranks' success flags; on failure, gather the reasons, log them once and disable."""
         flag = torch.tensor([0 if reason else 1], dtype=torch.int32, device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group)
@@ -184,9 +250,14 @@ class CustomAllReduce:
             return True
         reasons: list[Any] = [None] * self.world_size
         dist.all_gather_object(reasons, reason, group=self.group)
-        self.reason = f"{step} failed: " + "; ".join(
+        reason_text = f"{step} failed: " + "; ".join(
             f"rank {r}: {text}" for r, text in enumerate(reasons) if text
         )
+        if disables != "custom all-reduce":
+            if self.rank == 0:
+                logger.warning("%s off, the layers all-reduce then norm (%s).", disables, reason_text)
+            return False
+        self.reason = reason_text
         if self.rank == 0:
             logger.warning("Custom all-reduce off, all-reduces use NCCL (%s).", self.reason)
         else:
@@ -248,16 +319,26 @@ class CustomAllReduce:
             return reason
         from torch._C._distributed_c10d import _SymmetricMemory
 
+        from inferd.kernels import triton_allreduce
+
+        # [one-shot kernel's buffer | fused kernel's inboxes: 2 x world x limit_bytes | flags: int32 world x FLAG_ROWS]
+        flag_bytes = self.world_size * triton_allreduce.FLAG_ROWS * 4
+        total = self.max_bytes + 2 * self.world_size * self.limit_bytes + flag_bytes
         try:  # direct allocation: freed for real on close (no memory pool keeping a stale rendezvous)
-            buffer = _SymmetricMemory.empty_strided_p2p((self.max_bytes,), (1,), torch.uint8, self.device)
+            buffer = _SymmetricMemory.empty_strided_p2p((total,), (1,), torch.uint8, self.device)
         except (AttributeError, TypeError):
-            buffer = self._symm_mem.empty(self.max_bytes, dtype=torch.uint8, device=self.device)
+            buffer = self._symm_mem.empty(total, dtype=torch.uint8, device=self.device)
         self._buffer = buffer
         get_backend = getattr(self._symm_mem, "get_backend", None)
         backend = str(get_backend(self.device) if get_backend is not None else None)
         if "NVSHMEM" in backend.upper() or "NCCL" in backend.upper():
             return f"symmetric memory uses the {backend} backend, not CUDA"
-        self._views = {dtype: buffer.view(dtype) for dtype in SUPPORTED_DTYPES}
+        self._views = {dtype: buffer[: self.max_bytes].view(dtype) for dtype in SUPPORTED_DTYPES}
+        self._flags = buffer[total - flag_bytes :].view(torch.int32)
+        self._flags.zero_()  # before the agreement that follows: no peer pushes to it until every rank is set up
+        self._epochs = torch.zeros(triton_allreduce.FLAG_ROWS, dtype=torch.int32, device=self.device)
+        self._fused = triton_allreduce.allreduce_add_rms_norm
+        self._fused_rows = triton_allreduce.FLAG_ROWS
         self._test = _make_test_tensors(self.device, self.rank, self.world_size)
         torch.cuda.synchronize(self.device)
         return None
@@ -283,6 +364,14 @@ class CustomAllReduce:
         if seen != (self.rank, self.world_size):
             return f"rendezvous saw rank {seen[0]} of {seen[1]}"
         self._handle = handle
+        # Every rank's inboxes and flags as mapped in this process (same offsets in every rank's buffer).
+        assert self._buffer is not None
+        ptrs = [int(p) for p in handle.buffer_ptrs]
+        base = self._buffer.data_ptr() - ptrs[self.rank]
+        inboxes = base + self.max_bytes
+        flags = inboxes + 2 * self.world_size * self.limit_bytes
+        self._inbox_ptrs = torch.tensor([p + inboxes for p in ptrs], dtype=torch.int64, device=self.device)
+        self._flag_ptrs = torch.tensor([p + flags for p in ptrs], dtype=torch.int64, device=self.device)
         torch.cuda.synchronize(self.device)
         return None
 
@@ -329,6 +418,74 @@ class CustomAllReduce:
                     failures.append(
                         f"graph replay {k} result for shape {tuple(fill.shape)} differs from NCCL's"
                     )
+        return failures[0] if failures else None
+
+    def _fused_cases(
+        self, k: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(x, residual, weight, expected new residual, expected normed) per shape; exact small integers except the
+        norm, whose expectation is the pure-torch one on the exact sum."""
+        from inferd.kernels import reference
+
+        cases = []
+        for shape, dtype in (
+            ((1, 4096), torch.bfloat16),
+            ((7, 1024), torch.bfloat16),
+            ((3, 1000), torch.float32),
+        ):
+            x = _pattern(shape, dtype, self.device, self.rank, k)
+            residual = _pattern(shape, dtype, self.device, 0, k + 3)  # the same on every rank, as in a model
+            weight = (torch.arange(shape[1], device=self.device).remainder(5) + 1).to(dtype)
+            summed = (_expected(shape, dtype, self.device, self.world_size, k).float() + residual.float()).to(
+                dtype
+            )
+            cases.append((x, residual, weight, summed, reference.rms_norm(summed, weight, 1e-6)))
+        return cases
+
+    @staticmethod
+    def _check_fused(
+        got: tuple[torch.Tensor, torch.Tensor], case: tuple[torch.Tensor, ...], what: str
+    ) -> str | None:
+        x, _, _, summed, normed = case
+        out, res_out = got
+        if not torch.equal(res_out, summed):
+            return f"{what}: the summed residual for shape {tuple(x.shape)} {x.dtype} is wrong"
+        tol = 2e-2 if x.dtype == torch.bfloat16 else 1e-5
+        if not torch.allclose(out.float(), normed.float(), rtol=tol, atol=tol):
+            return f"{what}: the normed output for shape {tuple(x.shape)} {x.dtype} is wrong"
+        return None
+
+    def _test_fused_eager(self) -> str | None:
+        failures: list[str] = []
+        for k in (0, 1):  # twice: the second call reuses the inboxes the first one handed back
+            cases = self._fused_cases(k)
+            outs = [self.all_reduce_add_rms_norm(x, r, w, 1e-6) for x, r, w, _, _ in cases]
+            _wait(self.device, "the fused all-reduce + RMSNorm")
+            for case, got in zip(cases, outs):
+                reason = self._check_fused(got, case, f"eager call {k}")
+                if reason:
+                    failures.append(reason)
+        return failures[0] if failures else None
+
+    def _test_fused_graph(self) -> str | None:
+        inputs = [(x.clone(), r.clone(), w) for x, r, w, _, _ in self._fused_cases(0)]
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(self.device)
+        with torch.cuda.graph(graph):
+            outs = [self.all_reduce_add_rms_norm(x, r, w, 1e-6) for x, r, w in inputs]
+        failures: list[str] = []
+        for k in (2, 3):
+            cases = self._fused_cases(k)
+            for (x, r, _), case in zip(inputs, cases):
+                x.copy_(case[0])
+                r.copy_(case[1])
+            graph.replay()
+            _wait(self.device, "the CUDA-graph fused all-reduce + RMSNorm")
+            for case, got in zip(cases, outs):
+                reason = self._check_fused(got, case, f"graph replay {k}")
+                if reason:
+                    failures.append(reason)
+        del graph
         return failures[0] if failures else None
 
 

@@ -119,6 +119,23 @@ def tp_all_reduce(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def tp_all_reduce_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernels.fused_add_rms_norm(tp_all_reduce(x), residual, weight, eps)``: ``(normed, new residual)``.
+
+    Small CUDA batches run it as one kernel (the custom all-reduce's fused path, when it passed its self-tests);
+    everything else all-reduces, then norms."""
+    from inferd import kernels
+
+    if _TP_SIZE > 1:
+        car = _CUSTOM_AR
+        if car is not None and car.should_fuse(x, residual):
+            return car.all_reduce_add_rms_norm(x, residual, weight, eps)
+        x = tp_all_reduce(x)
+    return kernels.fused_add_rms_norm(x, residual, weight, eps)
+
+
 def tp_all_gather(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Every rank's ``x`` (same shape on all) concatenated along ``dim`` in rank order, as a new tensor."""
     if _TP_SIZE == 1:

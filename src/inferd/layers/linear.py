@@ -140,16 +140,25 @@ class RowLinear(LinearBase):
         start = self.tp_rank * self.input_size_per_partition
         load_slice(param.data, loaded_weight, (self.output_size, self.input_size), 1, start)
 
-    def forward(self, x: torch.Tensor, *, silu_mul_input: bool = False) -> torch.Tensor:
+    @property
+    def defers_reduce(self) -> bool:
+        """Whether ``forward(x, reduce=False)`` returns this rank's partial sums (TP > 1 and no bias): the caller
+        then all-reduces them, e.g. fused with the next norm (``RMSNorm(..., reduce=True)``)."""
+        return self.tp_size > 1 and self.bias is None
+
+    def forward(self, x: torch.Tensor, *, silu_mul_input: bool = False, reduce: bool = True) -> torch.Tensor:
         """x: [num_tokens, input_size / tp] -> [num_tokens, output_size].
 
         With ``silu_mul_input`` x is the un-activated gated-MLP input [num_tokens, 2 * input_size / tp], this rank's
         ``[gate_local | up_local]`` (a :class:`MergedGateUpLinear` output), and the local matmul applies
-        ``silu(gate) * up`` first, fused into one kernel (``kernels.silu_and_mul_linear``).
+        ``silu(gate) * up`` first, fused into one kernel (``kernels.silu_and_mul_linear``). With ``reduce=False``
+        and :attr:`defers_reduce`, the result is this rank's partial product, not yet summed over the ranks.
         """
         matmul = kernels.silu_and_mul_linear if silu_mul_input else kernels.linear
         if self.tp_size == 1:
             return matmul(x, self.weight, self.bias)
+        if not reduce and self.defers_reduce:
+            return matmul(x, self.weight)  # [num_tokens, output_size] partial sums
         out = tp_all_reduce(matmul(x, self.weight))  # [num_tokens, output_size]
         return out if self.bias is None else out + self.bias
 

@@ -106,14 +106,14 @@ class DecoderAttention(nn.Module):
                 self.rotary_emb.is_neox,
             )  # [num_tokens, q_size]
             out = self.attn(q, None, None, attn_metadata)  # [num_tokens, q_size]
-            return self.o_proj(out)  # all-reduced over the TP ranks
+            return self.o_proj(out, reduce=False)  # partial sums when o_proj.defers_reduce
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         if self.q_norm is not None and self.k_norm is not None:
             q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.q_size)  # [num_tokens, q_size]
             k = self.k_norm(k.reshape(-1, self.head_dim)).view(-1, self.kv_size)  # [num_tokens, kv_size]
         q, k = self.rotary_emb(positions, q, k)
         out = self.attn(q, k, v, attn_metadata)  # [num_tokens, q_size]
-        return self.o_proj(out)  # all-reduced over the TP ranks
+        return self.o_proj(out, reduce=False)  # partial sums when o_proj.defers_reduce
 
 
 class DecoderMLP(nn.Module):
@@ -128,7 +128,9 @@ class DecoderMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [num_tokens, hidden] -> [num_tokens, hidden]."""
         gate_up = self.gate_up_proj(x)  # [num_tokens, 2 * intermediate / tp]
-        return self.down_proj(gate_up, silu_mul_input=True)  # all-reduced over the TP ranks
+        return self.down_proj(
+            gate_up, silu_mul_input=True, reduce=False
+        )  # partial when down_proj.defers_reduce
 
 
 class DecoderLayer(nn.Module):
@@ -146,15 +148,30 @@ class DecoderLayer(nn.Module):
         residual: torch.Tensor | None,
         attn_metadata: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (this layer's output, the residual stream before it); their sum is the layer's true output."""
+        """Returns (this layer's output, the residual stream before it); their sum is the layer's true output.
+
+        Under tensor parallelism the row-parallel projections leave their outputs as this rank's partial sums
+        where they can (no bias): the norm after each sums them over the ranks, fused with the residual add
+        (``RMSNorm(..., reduce=True)``). So the returned output is partial when :attr:`output_is_partial`, and a
+        ``hidden_states`` input that comes from the previous layer is taken as partial in that case too.
+        """
         if residual is None:
             residual = hidden_states
             hidden_states = self.input_layernorm(hidden_states)
         else:
-            hidden_states, residual = self.input_layernorm(hidden_states, residual)
+            hidden_states, residual = self.input_layernorm(
+                hidden_states, residual, reduce=self.output_is_partial
+            )
         hidden_states = self.self_attn(positions, hidden_states, attn_metadata)
-        hidden_states, residual = self.post_attention_layernorm(hidden_states, residual)
+        hidden_states, residual = self.post_attention_layernorm(
+            hidden_states, residual, reduce=self.self_attn.o_proj.defers_reduce
+        )
         return self.mlp(hidden_states), residual
+
+    @property
+    def output_is_partial(self) -> bool:
+        """Whether :meth:`forward`'s output is this TP rank's partial sums (every layer answers the same)."""
+        return self.mlp.down_proj.defers_reduce
 
 
 class DecoderModel(nn.Module):
@@ -174,7 +191,10 @@ class DecoderModel(nn.Module):
         residual = None
         for layer in self.layers:
             hidden_states, residual = layer(positions, hidden_states, residual, attn_metadata)
-        hidden_states, _ = self.norm(hidden_states, residual)
+        if residual is None:  # no layers
+            return self.norm(hidden_states)
+        partial = self.layers[-1].output_is_partial
+        hidden_states, _ = self.norm(hidden_states, residual, reduce=partial)
         return hidden_states
 
 
