@@ -1,14 +1,18 @@
 """GPU micro-benchmark: the Triton skinny GEMM (``kernels/triton_gemv.py``) vs cuBLAS (``F.linear``) at decode shapes.
 
-    python benchmarks/gemv_bench.py [--output-json out.json] [--sweep [--sweep-seconds 240]]
+    python benchmarks/gemv_bench.py [--output-json out.json] [--m 1 8 16 24 32 48 64]
+        [--sweep [--sweep-seconds 240] [--sweep-models qwen3-0.6b]]
 
 Every linear layer of Qwen3-0.6B, Qwen3-8B and Llama-3.1-8B (the 8B ones also at tensor parallel 2), bf16, at
-M = 1, 2, 4, 8, 16 rows. Each implementation is timed as a decode step runs it: ``--calls`` (20) calls captured into
-one CUDA graph, cycling over enough copies of the weight that they overflow the L2 (as 28+ layers do), replayed
-``--replays`` times; the median replay over ``--calls`` is the time per call. GB/s = weight bytes / time; ``roof`` is
-the weight bytes over ``--bandwidth`` (3.35 TB/s, the H100 SXM datasheet). Each shape's output is checked against a
-float32 matmul (``err``: relative Frobenius error). Totals per model sum the layer times x layers + lm_head.
-``--sweep`` then times alternative launch configs on the 0.6B and 8B shapes to tune ``triton_gemv``'s table.
+M = 1, 2, 4, 8, 16 rows (``--m``: other row counts, up to the kernel's 64; the Triton column always runs the skinny
+kernel, whatever ``INFERD_SKINNY_MAX_M`` lets the server dispatch to it). Each implementation is timed as a decode
+step runs it: ``--calls`` (20) calls captured into one CUDA graph, cycling over enough copies of the weight that they
+overflow the L2 (as 28+ layers do), replayed ``--replays`` times; the median replay over ``--calls`` is the time per
+call. GB/s = weight bytes / time; ``roof`` is the weight bytes over ``--bandwidth`` (3.35 TB/s, the H100 SXM
+datasheet). Each shape's output is checked against a float32 matmul (``err``: relative Frobenius error). Totals per
+model sum the layer times x layers + lm_head, at M = 1 and 8 (at every ``--m`` value when ``--m`` is given).
+``--sweep`` then times alternative launch configs on the 0.6B and 8B shapes (``--sweep-models``) at M = 1, 8, 16 (at
+every ``--m`` value when ``--m`` is given) to tune ``triton_gemv``'s table; it stops after ``--sweep-seconds``.
 Then every ``down`` projection is timed as the MLP runs it: ``silu_and_mul`` + skinny GEMM (two kernels) vs
 ``silu_and_mul_linear`` (one kernel), with ``same`` = the two give identical bits (``--no-fused`` skips this).
 The first output line is the GPU name; a config that fails is reported and skipped.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import math
 import statistics
@@ -75,9 +80,10 @@ MODELS: dict[str, tuple[int, Layers]] = {
     "qwen3-8b-tp2": (36, _tp2(_BASE["qwen3-8b"][1])),
     "llama-3.1-8b-tp2": (32, _tp2(_BASE["llama-3.1-8b"][1])),
 }
-M_VALUES = (1, 2, 4, 8, 16)
-TOTAL_M = (1, 8)
-SWEEP_MODELS = ("qwen3-0.6b", "qwen3-8b")
+M_VALUES = (1, 2, 4, 8, 16)  # --m's default
+TOTAL_M = (1, 8)  # totals without --m
+SWEEP_M = (1, 8, 16)  # sweep rows without --m
+SWEEP_MODELS = ("qwen3-0.6b", "qwen3-8b")  # --sweep-models' default
 DTYPE = torch.bfloat16
 
 
@@ -141,7 +147,7 @@ def bench_shape(K: int, N: int, args: argparse.Namespace) -> dict[int, Result]:
     results: dict[int, Result] = {}
     weights = make_weights(K, N, args.calls, args.flush_mb * 2**20)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for m in M_VALUES:
+    for m in args.m or M_VALUES:
         r = Result(K, N, m, N * K * 2)
         results[m] = r
         x = torch.randn(m, K, device="cuda", dtype=DTYPE)  # [M, K]
@@ -212,13 +218,15 @@ def print_table(table: dict[tuple[int, int], dict[int, Result]], bandwidth: floa
     return rows
 
 
-def totals(table: dict[tuple[int, int], dict[int, Result]], bandwidth: float) -> list[dict]:
+def totals(
+    table: dict[tuple[int, int], dict[int, Result]], bandwidth: float, ms: tuple[int, ...] = TOTAL_M
+) -> list[dict]:
     out = []
     print(
         f"{'per decode step':<17}{'M':>3} {'roof us':>8} {'cuBLAS us':>10} {'triton us':>10} {'speedup':>8}"
     )
     for model, (num_layers, layers) in MODELS.items():
-        for m in TOTAL_M:
+        for m in ms:
             sums: dict[str, float | None] = {"cublas": 0.0, "triton": 0.0}
             roof = 0.0
             for layer, K, N in layers:
@@ -242,7 +250,9 @@ def totals(table: dict[tuple[int, int], dict[int, Result]], bandwidth: float) ->
 
 
 def sweep(table: dict[tuple[int, int], dict[int, Result]], args: argparse.Namespace) -> list[dict]:
-    """Time alternative launch configs per shape; prints the best next to the table's choice."""
+    """Time alternative launch configs per shape; prints the best next to the table's choice. Each (shape, M) gets an
+    equal share of the time left (what one leaves unused goes to the next), so a long candidate list (M > 16: the
+    block_n x block_k x num_warps x num_stages grid below) cannot starve the shapes after it."""
     from inferd.kernels import triton_gemv
     from inferd.kernels.triton_gemv import GemvConfig
 
@@ -251,26 +261,38 @@ def sweep(table: dict[tuple[int, int], dict[int, Result]], args: argparse.Namesp
     fma += [(16, 512, 4, 3), (32, 256, 8, 3), (32, 512, 8, 2), (8, 256, 2, 3), (4, 512, 4, 3)]
     dot = [(64, 128, 4, 4), (64, 128, 4, 3), (64, 256, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3)]
     dot += [(128, 128, 4, 3), (128, 64, 8, 4), (64, 64, 4, 5)]
-    shapes = list(dict.fromkeys((K, N) for model in SWEEP_MODELS for _, K, N in MODELS[model][1]))
+    # 17..64 rows (BLOCK_M 32 / 64): block_n x block_k x num_warps x num_stages
+    wide = list(itertools.product((64, 32, 128), (128, 64), (4, 8), (4, 3, 2)))
+    ms = args.m or SWEEP_M
+    shapes = list(dict.fromkeys((K, N) for model in args.sweep_models for _, K, N in MODELS[model][1]))
     deadline = time.monotonic() + args.sweep_seconds
     found = []
+    pairs_left = len(shapes) * len(ms)
     print(f"\nsweep (M, K, N): best config vs the table's; {args.sweep_seconds:.0f} s budget")
     for K, N in shapes:
         if time.monotonic() > deadline:
-            print("sweep: out of time")
+            print(f"sweep: out of time; {pairs_left} (shape, M) pairs not swept")
             break
         weights = make_weights(K, N, args.calls, args.flush_mb * 2**20)
-        for m in (1, 8, 16):
+        for m in ms:
+            now = time.monotonic()
+            if now > deadline:
+                break
+            share_end = now + (deadline - now) / pairs_left
+            pairs_left -= 1
             x = torch.randn(m, K, device="cuda", dtype=DTYPE)
             if m == 1:
                 bases = [GemvConfig(False, *c) for c in fma] + [GemvConfig(True, *dot[0])]
-            else:
+            elif m <= 16:
                 bases = [GemvConfig(True, *c) for c in dot]
+            else:  # the table's pick first, so it is timed even when the budget runs out mid-shape
+                picked = triton_gemv.pick_config(m, N, K, DTYPE, sms)
+                bases = [replace(picked, k_split=0)] + [GemvConfig(True, *c) for c in wide]
             fitted = [triton_gemv.fit_config(b, N, K, sms, per_sm) for b in bases for per_sm in (2, 4, 8)]
             cands = list(dict.fromkeys(fitted + [replace(c, k_split=0) for c in fitted]))
             timed = []
             for cfg in cands:
-                if time.monotonic() > deadline:
+                if time.monotonic() > share_end:
                     break
                 try:
                     us = graph_us(
@@ -287,7 +309,7 @@ def sweep(table: dict[tuple[int, int], dict[int, Result]], args: argparse.Namesp
             print(
                 f"  M={m:<2} K={K:<6} N={N:<7} best {best_us:7.1f} us ({best.describe(K)}, "
                 f"k_split={best.k_split})  table {_fmt(cur, '.1f')} ({base.config if base else '-'})  "
-                f"cuBLAS {_fmt(cub, '.1f')}"
+                f"cuBLAS {_fmt(cub, '.1f')}  [{len(timed)}/{len(cands)} configs]"
             )
             found.append(
                 {
@@ -298,6 +320,7 @@ def sweep(table: dict[tuple[int, int], dict[int, Result]], args: argparse.Namesp
                     "best": asdict(best),
                     "table_us": cur,
                     "cublas_us": cub,
+                    "candidates": len(cands),
                     "all": [{"us": us, **asdict(c)} for us, c in sorted(timed, key=lambda t: t[0])],
                 }
             )
@@ -321,7 +344,7 @@ def fused_mlp(args: argparse.Namespace) -> list[dict]:
     for K, N in shapes:
         weights = make_weights(K, N, args.calls, args.flush_mb * 2**20)
         sms = torch.cuda.get_device_properties(0).multi_processor_count
-        for m in M_VALUES:
+        for m in args.m or M_VALUES:
             x = torch.randn(m, 2 * K, device="cuda", dtype=DTYPE)  # [M, 2K]: gate | up
             row: dict = {
                 "K": K,
@@ -359,10 +382,34 @@ def main() -> None:
     p.add_argument("--flush-mb", type=float, default=256, help="weight copies per shape reach this many MiB")
     p.add_argument("--bandwidth", type=float, default=3.35e12, help="bytes/s for the roof column")
     p.add_argument("--sweep", action="store_true", help="also time alternative launch configs")
-    p.add_argument("--sweep-seconds", type=float, default=240)
+    p.add_argument("--sweep-seconds", type=float, default=240, help="time budget of the whole --sweep")
+    p.add_argument(
+        "--sweep-models",
+        nargs="+",
+        choices=list(MODELS),
+        default=list(SWEEP_MODELS),
+        metavar="MODEL",
+        help=f"models whose layer shapes --sweep tunes (default: {' '.join(SWEEP_MODELS)})",
+    )
+    p.add_argument(
+        "--m",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="M",
+        help=f"row counts to time, 1..64 (default: {' '.join(map(str, M_VALUES))}; the totals and the "
+        f"sweep then use these too instead of M = {' '.join(map(str, TOTAL_M))} and "
+        f"{' '.join(map(str, SWEEP_M))})",
+    )
     p.add_argument("--no-fused", action="store_true", help="skip the silu_and_mul_linear vs two-kernel table")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failed configs")
     args = p.parse_args()
+    if args.m is not None:
+        from inferd.kernels.triton_gemv import KERNEL_MAX_M
+
+        if any(not 1 <= m <= KERNEL_MAX_M for m in args.m):
+            p.error(f"--m values must be in 1..{KERNEL_MAX_M}; got {args.m}")
+        args.m = tuple(dict.fromkeys(args.m))
     if not torch.cuda.is_available():
         print("no CUDA GPU")
         sys.exit(1)
@@ -381,9 +428,9 @@ def main() -> None:
                 except Exception as e:
                     msg = f"{type(e).__name__}: {e}"[:300]
                     print(f"K={K} N={N}: {msg}", flush=True)
-                    table[(K, N)] = {m: Result(K, N, m, N * K * 2, error=msg) for m in M_VALUES}
+                    table[(K, N)] = {m: Result(K, N, m, N * K * 2, error=msg) for m in args.m or M_VALUES}
     rows = print_table(table, args.bandwidth)
-    total_rows = totals(table, args.bandwidth)
+    total_rows = totals(table, args.bandwidth, args.m or TOTAL_M)
     print(f"\nmain table took {time.monotonic() - began:.1f} s")
     found = sweep(table, args) if args.sweep else []
     fused_rows = [] if args.no_fused else fused_mlp(args)

@@ -1,4 +1,5 @@
-"""The skinny GEMM (``triton_gemv.linear``) computes ``F.linear`` for 1..16 rows, and ``kernels.linear`` dispatches;
+"""The skinny GEMM (``triton_gemv.linear``) computes ``F.linear`` for 1..64 rows, and ``kernels.linear`` dispatches
+(batches of up to ``triton_gemv.MAX_M`` rows, 16 unless ``INFERD_SKINNY_MAX_M`` says otherwise, to the skinny GEMM);
 ``triton_gemv.silu_and_mul_linear`` computes ``linear(silu_and_mul(x))`` in the same kernel (``kernels.silu_and_mul_linear``).
 
 On CPU the kernel runs through ``TRITON_INTERPRET=1`` in float32 (relative error <= 1e-4) and float16 (the
@@ -265,10 +266,35 @@ def test_pick_config_splits_k_only_for_narrow_outputs() -> None:
     wide = triton_gemv.pick_config(1, 151936, 1024, torch.bfloat16, sms)  # lm_head
     assert narrow.split_k(2048) > 1 and narrow.k_split % narrow.block_k == 0
     assert wide.split_k(1024) == 1
-    for m in (2, 8, 16):
-        cfg = triton_gemv.pick_config(m, 4096, 1024, torch.bfloat16, sms)
+    for m in (2, 8, 16):  # 8B-sized weights (over 12 MiB) split K until the tiles fill the GPU
+        cfg = triton_gemv.pick_config(m, 4096, 4096, torch.bfloat16, sms)
         assert cfg.use_dot and cfg.block_n >= 16
-        assert (4096 // cfg.block_n) * cfg.split_k(1024) >= sms
+        assert (4096 // cfg.block_n) * cfg.split_k(4096) >= sms
+
+
+def test_pick_config_small_weights_take_few_long_programs() -> None:
+    """16-bit weights up to 12 MiB on the tensor-core path (Qwen3-0.6B's layers): whole-K tiles, or 384-long K
+    slices at K >= 3072 (the H100 sweep's best); FMA (1 row), float32 and larger weights keep the table."""
+    sms = 132
+    for m in (2, 8, 16, 32, 64):
+        for n, k, block_n, split in (
+            (4096, 1024, 64, 1),
+            (1024, 2048, 64, 1),
+            (6144, 1024, 64, 1),
+            (1024, 3072, 32, 8),
+        ):
+            cfg = triton_gemv.pick_config(m, n, k, torch.bfloat16, sms)
+            assert (cfg.use_dot, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages) == (
+                True,
+                block_n,
+                128,
+                4,
+                4,
+            )
+            assert cfg.split_k(k) == split
+    assert triton_gemv.pick_config(1, 1024, 3072, torch.bfloat16, sms).use_dot is False
+    assert triton_gemv.pick_config(8, 1024, 3072, torch.float32, sms).block_n == 32  # float32 table entry
+    assert triton_gemv.pick_config(8, 4096, 2048, torch.bfloat16, sms).split_k(2048) > 1  # 16 MiB: the table
 
 
 def test_linear_rejects_bad_shapes() -> None:
@@ -276,8 +302,8 @@ def test_linear_rejects_bad_shapes() -> None:
         triton_gemv.linear(torch.zeros(2, 8), torch.zeros(4, 9))
     with pytest.raises(ValueError, match="bias"):
         triton_gemv.linear(torch.zeros(2, 8), torch.zeros(4, 8), torch.zeros(5))
-    with pytest.raises(ValueError, match="at most 16"):
-        triton_gemv.linear(torch.zeros(17, 8), torch.zeros(4, 8))
+    with pytest.raises(ValueError, match="at most 64"):
+        triton_gemv.linear(torch.zeros(65, 8), torch.zeros(4, 8))
     too_many_splits = GemvConfig(use_dot=False, block_n=8, block_k=16, num_warps=4, num_stages=1, k_split=16)
     with pytest.raises(ValueError, match="splits"):
         triton_gemv.launch(torch.zeros(1, 16 * 65), torch.zeros(4, 16 * 65), None, too_many_splits)
@@ -341,6 +367,115 @@ def test_mlp_fuses_the_activation_into_the_down_projection(bias: bool) -> None:
     assert torch.equal(mlp(x), unfused)
 
 
+WIDE_M = [17, 32, 33, 64]  # BLOCK_M 32 (17, 32) and 64 (33, 64): padded rows on both sides of each bound
+WIDE_SPLIT = GemvConfig(use_dot=True, block_n=32, block_k=32, num_warps=4, num_stages=2, k_split=32)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("n", [48, 80])
+@pytest.mark.parametrize("k", [64, 96])
+@pytest.mark.parametrize("m", WIDE_M)
+def test_wide_batches_match_reference(m: int, k: int, n: int, bias: bool) -> None:
+    """17..64 rows (the dot path with BLOCK_M 32 / 64) with the table's config; K = 96 and N = 80 leave partial tiles."""
+    x, w, b = make_inputs(m, k, n, torch.float32, "cpu", bias, seed=m + k + n)
+    out = triton_gemv.linear(x, w, b)
+    assert out.dtype == torch.float32 and out.shape == (m, n)
+    assert rel_err(out, oracle(x, w, b)) <= 1e-4
+    cfg = triton_gemv.pick_config(m, n, k, torch.float32, 132)
+    assert cfg.use_dot
+    assert torch.equal(out, triton_gemv.launch(x, w, b, cfg))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("n", [48, 80])
+@pytest.mark.parametrize("k", [64, 96])
+@pytest.mark.parametrize("m", WIDE_M)
+def test_wide_batches_split_k(m: int, k: int, n: int, dtype: torch.dtype) -> None:
+    """17..64 rows split over K (2 or 3 splits of 32): right, deterministic, and the counters end at zero."""
+    assert WIDE_SPLIT.split_k(k) > 1
+    x, w, b = make_inputs(m, k, n, dtype, "cpu", bias=True, seed=m)
+    out = triton_gemv.launch(x, w, b, WIDE_SPLIT)
+    assert out.dtype == dtype and out.shape == (m, n)
+    assert rel_err(out, oracle(x, w, b)) <= (1e-4 if dtype == torch.float32 else 2e-3)
+    assert counters_are_zero("cpu")
+    assert torch.equal(out, triton_gemv.launch(x, w, b, WIDE_SPLIT))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("cfg", [None, WIDE_SPLIT], ids=["table", "split"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_silu_and_mul_linear_wide_batch(dtype: torch.dtype, cfg: GemvConfig | None) -> None:
+    """The fused activation at 40 rows (BLOCK_M 64), ragged N, with bias: equals silu_and_mul then the same
+    config's linear bit for bit."""
+    m, inter, n = 40, 96, 80
+    x, w, b = make_inputs(m, 2 * inter, n, dtype, "cpu", bias=True, seed=inter)
+    w = w[:, :inter].contiguous()  # [N, I]
+    if cfg is None:
+        out = triton_gemv.silu_and_mul_linear(x, w, b)
+        two = triton_gemv.linear(triton_ops.silu_and_mul(x), w, b)
+    else:
+        out = triton_gemv.launch(x, w, b, cfg, silu_mul=True)
+        two = triton_gemv.launch(triton_ops.silu_and_mul(x), w, b, cfg)
+        assert counters_are_zero("cpu")
+    assert out.dtype == dtype and out.shape == (m, n)
+    assert rel_err(out, silu_oracle(x, w, b)) <= (1e-4 if dtype == torch.float32 else 2e-3)
+    assert torch.equal(out, two)
+
+
+def test_wide_batches_reject_more_than_64_rows() -> None:
+    x, w = torch.zeros(65, 64), torch.zeros(48, 64)
+    cfg = GemvConfig(use_dot=True, block_n=32, block_k=64, num_warps=4, num_stages=2)
+    with pytest.raises(ValueError, match="at most 64 rows; got 65"):
+        triton_gemv.launch(x, w, None, cfg)
+    with pytest.raises(ValueError, match="at most 64 rows"):
+        triton_gemv.linear(x, w)
+    with pytest.raises(ValueError, match="at most 64 rows"):
+        triton_gemv.silu_and_mul_linear(torch.zeros(65, 128), w)
+
+
+def test_pick_config_for_wide_batches() -> None:
+    """Rows pad to 16, 32 or 64; 2..16 rows take the table entry (weights over 12 MiB); the float32 tiles of 17..64
+    rows fit in ~100 KB of shared memory."""
+    assert [triton_gemv.dot_block_m(m) for m in (1, 2, 16, 17, 32, 33, 64)] == [16, 16, 16, 32, 32, 64, 64]
+    sms = 132
+    for m in range(2, 17):
+        cfg = triton_gemv.pick_config(m, 4096, 4096, torch.bfloat16, sms)
+        assert (cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages) == (64, 128, 4, 4)
+        cfg = triton_gemv.pick_config(m, 4096, 1024, torch.float32, sms)
+        assert (cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages) == (32, 64, 4, 2)
+    for m in range(17, triton_gemv.KERNEL_MAX_M + 1):
+        block_m = triton_gemv.dot_block_m(m)
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for n, k in ((4096, 1024), (1024, 3072), (151936, 1024)):
+                cfg = triton_gemv.pick_config(m, n, k, dtype, sms)
+                assert cfg.use_dot and cfg.block_n >= 16 and cfg.block_k >= 16
+                assert cfg.split_k(k) == 1 or cfg.k_split % cfg.block_k == 0
+                smem = cfg.num_stages * (cfg.block_n + block_m) * cfg.block_k * dtype.itemsize
+                assert smem <= (100 if dtype == torch.float32 else 200) * 1024
+        narrow = triton_gemv.pick_config(m, 4096, 14336, torch.bfloat16, sms)  # down_proj of Llama-3.1-8B
+        assert (4096 // narrow.block_n) * narrow.split_k(14336) >= sms
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, 16), ("", 16), ("  ", 16), ("1", 1), ("16", 16), (" 32 ", 32), ("64", 64)]
+)
+def test_skinny_max_m_parses(value: str | None, expected: int) -> None:
+    assert triton_gemv.parse_skinny_max_m(value) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "65", "128", "abc", "16.0", "1e1", "0x10"])
+def test_skinny_max_m_rejects_bad_values(value: str) -> None:
+    with pytest.raises(ValueError, match=r"INFERD_SKINNY_MAX_M must be an integer in 1\.\.64"):
+        triton_gemv.parse_skinny_max_m(value)
+
+
+def test_skinny_max_m_comes_from_the_environment_at_import() -> None:
+    assert triton_gemv.MAX_M == triton_gemv.parse_skinny_max_m(os.environ.get("INFERD_SKINNY_MAX_M"))
+    assert 1 <= triton_gemv.MAX_M <= triton_gemv.KERNEL_MAX_M
+
+
 # ---------------------------------------------------------------------------------------------------------- GPU
 
 
@@ -393,8 +528,8 @@ def test_replays_in_a_cuda_graph(shape: tuple[int, int], m: int) -> None:
 @pytest.mark.gpu
 @needs_cuda
 def test_dispatch_on_cuda() -> None:
-    x, w, b = make_inputs(17, 1024, 512, torch.bfloat16, "cuda", bias=True)
-    assert torch.equal(triton_gemv.dispatch_linear(x, w, b), F.linear(x, w, b))  # 17 rows: cuBLAS
+    x, w, b = make_inputs(triton_gemv.MAX_M + 1, 1024, 512, torch.bfloat16, "cuda", bias=True)
+    assert torch.equal(triton_gemv.dispatch_linear(x, w, b), F.linear(x, w, b))  # MAX_M + 1 rows: cuBLAS
     assert torch.equal(triton_gemv.dispatch_linear(x[:4], w, b), triton_gemv.linear(x[:4], w, b))
     xt = x[:4].t().contiguous().t()  # non-contiguous rows: cuBLAS
     assert torch.equal(triton_gemv.dispatch_linear(xt, w, b), F.linear(xt, w, b))
@@ -412,10 +547,12 @@ def test_split_k_is_deterministic_on_gpu(shape: tuple[int, int], m: int) -> None
     program's partials. A stale read shows up as a run-to-run difference or an error vs the unsplit kernel."""
     k, n = shape
     cfg = triton_gemv.pick_config(m, n, k, torch.bfloat16, triton_gemv._sm_count(torch.device("cuda")))
+    if cfg.split_k(k) == 1:  # small weights on the tensor-core path take whole-K tiles: split them here
+        cfg = replace(cfg, k_split=max(cfg.block_k, k // 4 // cfg.block_k * cfg.block_k))
     assert cfg.split_k(k) > 1
     x, w, b = make_inputs(m, k, n, torch.bfloat16, "cuda", bias=True, seed=m)
-    first = triton_gemv.linear(x, w, b)
-    outs = [triton_gemv.linear(x, w, b) for _ in range(200)]
+    first = triton_gemv.launch(x, w, b, cfg)
+    outs = [triton_gemv.launch(x, w, b, cfg) for _ in range(200)]
     torch.cuda.synchronize()
     assert all(torch.equal(first, o) for o in outs)
     assert counters_are_zero("cuda:0")
@@ -480,10 +617,55 @@ def test_silu_and_mul_linear_replays_in_a_cuda_graph(shape: tuple[int, int], m: 
 @pytest.mark.gpu
 @needs_cuda
 def test_dispatch_silu_and_mul_linear_on_cuda() -> None:
-    x, w, b = make_inputs(17, 2048, 512, torch.bfloat16, "cuda", bias=True)
+    x, w, b = make_inputs(triton_gemv.MAX_M + 1, 2048, 512, torch.bfloat16, "cuda", bias=True)
     w = w[:, :1024].contiguous()
-    unfused = F.linear(triton_ops.silu_and_mul(x), w, b)  # 17 rows: Triton silu_and_mul, then cuBLAS
+    unfused = F.linear(triton_ops.silu_and_mul(x), w, b)  # MAX_M + 1 rows: Triton silu_and_mul, then cuBLAS
     assert torch.equal(triton_gemv.dispatch_silu_and_mul_linear(x, w, b), unfused)
     fused = triton_gemv.dispatch_silu_and_mul_linear(x[:4], w, b)
     assert torch.equal(fused, triton_gemv.silu_and_mul_linear(x[:4], w, b))
     assert rel_err(fused, silu_oracle(x[:4], w, b)) <= 1e-2
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [17, 24, 32, 48, 64])
+@pytest.mark.parametrize("shape", MODEL_SHAPES, ids=lambda s: f"K{s[0]}-N{s[1]}")
+def test_wide_batches_model_shapes_bf16(shape: tuple[int, int], m: int) -> None:
+    """17..64 rows (BLOCK_M 32 / 64) at every model shape, split or not as the table says: right and deterministic."""
+    k, n = shape
+    x, w, b = make_inputs(m, k, n, torch.bfloat16, "cuda", bias=True, seed=m)
+    out = triton_gemv.linear(x, w, b)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, oracle(x, w, b)) <= 1e-2
+    assert torch.equal(out, triton_gemv.linear(x, w, b))
+    torch.cuda.synchronize()
+    counters = triton_gemv._COUNTERS.get(x.device)  # None until a split launch on this device
+    assert counters is None or not counters.any()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [24, 64])
+@pytest.mark.parametrize("shape", DOWN_SHAPES, ids=lambda s: f"I{s[0]}-N{s[1]}")
+def test_silu_and_mul_linear_wide_batches_bf16(shape: tuple[int, int], m: int) -> None:
+    inter, n = shape
+    x, w, _ = make_inputs(m, 2 * inter, n, torch.bfloat16, "cuda", bias=False, seed=m)
+    w = w[:, :inter].contiguous()
+    out = triton_gemv.silu_and_mul_linear(x, w)
+    assert torch.equal(out, triton_gemv.linear(triton_ops.silu_and_mul(x), w))
+    assert rel_err(out, silu_oracle(x, w, None)) <= 1e-2
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_dispatch_follows_max_m_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With MAX_M = 64 (INFERD_SKINNY_MAX_M=64) 17..64 rows go to the skinny kernel, 65 to cuBLAS."""
+    monkeypatch.setattr(triton_gemv, "MAX_M", 64)
+    x, w, b = make_inputs(65, 1024, 512, torch.bfloat16, "cuda", bias=True)
+    assert torch.equal(triton_gemv.dispatch_linear(x, w, b), F.linear(x, w, b))
+    for m in (17, 40, 64):
+        assert torch.equal(triton_gemv.dispatch_linear(x[:m], w, b), triton_gemv.linear(x[:m], w, b))
+    xs = torch.cat([x, x], dim=1)  # [65, 2048]: gate | up
+    w2 = make_inputs(1, 1024, 512, torch.bfloat16, "cuda", bias=False, seed=1)[1]
+    fused = triton_gemv.dispatch_silu_and_mul_linear(xs[:40], w2, b)
+    assert torch.equal(fused, triton_gemv.silu_and_mul_linear(xs[:40], w2, b))

@@ -44,7 +44,8 @@ def select_backend(device_type: str) -> str:
     """Use the Triton kernels on CUDA and the pure-torch ones elsewhere.
 
     ``INFERD_KERNEL_BACKEND=torch`` forces the pure-torch kernels (e.g. to compare against them on a GPU).
-    With Triton, ``linear`` sends CUDA batches of at most 16 rows to the skinny GEMM and the rest to cuBLAS;
+    With Triton, ``linear`` sends CUDA batches of at most 16 rows (``INFERD_SKINNY_MAX_M``) to the skinny GEMM and
+    the rest to cuBLAS;
     ``silu_and_mul_linear`` (the MLP's activation + down projection) runs as one skinny-GEMM kernel where ``linear``
     would use the skinny GEMM, else as ``silu_and_mul`` then ``linear``.
     ``INFERD_SKINNY_GEMM=0`` keeps every ``linear`` on cuBLAS and ``silu_and_mul_linear`` as the backend's

@@ -1,10 +1,16 @@
-"""Triton skinny GEMM for decode-sized batches: ``y = x @ weight.T (+ bias)`` with ``M <= 16`` rows.
+"""Triton skinny GEMM for decode-sized batches: ``y = x @ weight.T (+ bias)`` with ``M <= 64`` rows.
 
-At these sizes a linear layer is a weight stream: every weight element is read once and used by at most 16 rows, so
+At these sizes a linear layer is a weight stream: every weight element is read once and used by at most 64 rows, so
 the kernel's job is to keep enough bytes in flight to run HBM at full speed. Each program owns ``BLOCK_N`` output
 columns for all ``M`` rows and walks a slice of ``K`` in coalesced ``[BLOCK_N, BLOCK_K]`` tiles (software-pipelined
 ``NUM_STAGES`` deep). ``M == 1`` uses a float32 FMA accumulator reduced once at the end; ``M > 1`` pads the rows to
-``BLOCK_M = 16`` and uses ``tl.dot(w_tile, x_tile.T)`` (tensor cores; the padding costs no memory traffic).
+``BLOCK_M`` = the smallest power of two >= ``max(16, M)`` (16, 32 or 64) and uses ``tl.dot(w_tile, x_tile.T)``
+(tensor cores; the padding costs no memory traffic).
+
+The kernel serves up to :data:`KERNEL_MAX_M` (64) rows; :func:`dispatch_linear` / :func:`dispatch_silu_and_mul_linear`
+send it batches of at most :data:`MAX_M` rows and the rest to cuBLAS. ``MAX_M`` is 16 unless the environment
+variable ``INFERD_SKINNY_MAX_M`` (an integer in 1..64, read once when this module is imported; unset or empty means
+16) says otherwise: e.g. ``INFERD_SKINNY_MAX_M=64`` to measure the kernel against cuBLAS at 17..64 rows.
 
 When ``N / BLOCK_N`` tiles cannot fill the GPU, ``K`` is split across programs, still in ONE kernel: each program
 writes its float32 partial tile to a workspace and bumps its column tile's arrival counter (a gpu-scope acq_rel
@@ -24,6 +30,7 @@ the kernel (and allocated the device's split-K counters).
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -34,12 +41,34 @@ import triton.language as tl
 from inferd.kernels import pdl
 from inferd.kernels.triton_pdl import release, wait
 
-MAX_M = 16  # largest batch the skinny kernel serves; larger ones go to cuBLAS
+KERNEL_MAX_M = 64  # largest batch the skinny kernel (``launch``) accepts
+_DEFAULT_MAX_M = 16  # MAX_M unless INFERD_SKINNY_MAX_M says otherwise
 MAX_SPLIT_K = 64
 _DOT_BLOCK_M = 16  # tl.dot's smallest tile side
 _MIN_COUNTERS = 4096  # split-K arrival counters allocated per device at least (one per column tile)
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _DEFAULT_SMS = 132  # H100 SXM; used where the device has no SM count (CPU interpreter)
+
+
+def parse_skinny_max_m(value: str | None) -> int:
+    """``MAX_M`` from the value of ``INFERD_SKINNY_MAX_M``: unset or empty means the default (16), otherwise an
+    integer in ``1..KERNEL_MAX_M``; anything else raises ValueError."""
+    if value is None or not value.strip():
+        return _DEFAULT_MAX_M
+    try:
+        max_m = int(value)
+    except ValueError:
+        max_m = 0
+    if not 1 <= max_m <= KERNEL_MAX_M:
+        raise ValueError(
+            f"INFERD_SKINNY_MAX_M must be an integer in 1..{KERNEL_MAX_M} (the most rows the skinny GEMM serves; "
+            f"default {_DEFAULT_MAX_M}); got {value!r}"
+        )
+    return max_m
+
+
+# Largest batch dispatch_linear / dispatch_silu_and_mul_linear send to the skinny kernel; larger ones go to cuBLAS.
+MAX_M = parse_skinny_max_m(os.environ.get("INFERD_SKINNY_MAX_M"))
 
 # device -> int32 split-K arrival counters (all zero between launches); outgrown buffers stay alive in the retired
 # list because CUDA graphs captured before the growth still point at them.
@@ -187,13 +216,27 @@ class GemvConfig:
         return f"{kind} n{self.block_n} k{self.block_k} w{self.num_warps} s{self.num_stages} split{self.split_k(K)}"
 
 
-# (use_dot, fp32) -> (block_n, block_k, num_warps, num_stages, programs per SM to aim for)
+# (use_dot, fp32) -> (block_n, block_k, num_warps, num_stages, programs per SM to aim for), for M <= 16
 _TABLE: dict[tuple[bool, bool], tuple[int, int, int, int, int]] = {
     (False, False): (16, 512, 8, 3, 4),
     (False, True): (16, 256, 4, 3, 4),
     (True, False): (64, 128, 4, 4, 2),
     (True, True): (32, 64, 4, 2, 2),
 }
+# (BLOCK_M, fp32) -> the same, for the dot path at 17..64 rows. Not tuned yet (benchmarks/gemv_bench.py --sweep --m
+# 24 32 48 64). Shared memory per program is about num_stages * (block_n + BLOCK_M) * block_k * itemsize: 96 / 48 KB
+# for the 16-bit entries, 32 / 48 KB for the float32 ones.
+_WIDE_TABLE: dict[tuple[int, bool], tuple[int, int, int, int, int]] = {
+    (32, False): (64, 128, 4, 4, 2),
+    (32, True): (32, 64, 4, 2, 2),
+    (64, False): (64, 64, 4, 3, 2),
+    (64, True): (32, 64, 4, 2, 2),
+}
+
+
+def dot_block_m(M: int) -> int:
+    """The dot path's padded row count for ``M`` rows: the smallest power of two >= ``max(16, M)``."""
+    return max(_DOT_BLOCK_M, triton.next_power_of_2(max(M, 1)))
 
 
 def fit_config(cfg: GemvConfig, N: int, K: int, num_sms: int, programs_per_sm: int) -> GemvConfig:
@@ -213,10 +256,32 @@ def fit_config(cfg: GemvConfig, N: int, K: int, num_sms: int, programs_per_sm: i
     return replace(cfg, block_n=block_n, block_k=block_k, k_split=k_split)
 
 
+# Tensor-core tiles for 16-bit weights of at most this size (Qwen3-0.6B's layers: 2-12 MiB) stream best as few long
+# programs: whole-K tiles, or 384-long K slices when K >= 3072. H100 sweep at 16..64 rows (benchmarks/results/run-s5-3,
+# gemv_bench.py --sweep): 5.7 / 6.5 / 6.7 / 7.1 us for qkv / o / gate_up / down at 16 rows, where the split-K rule
+# below took 7.8 / 10.3 / 10.4 / 9.9 and cuBLAS 5.5 / 6.1 / 7.6 / 7.3. Larger weights keep the rule below.
+_SMALL_WEIGHT_BYTES = 12 << 20
+_SMALL_K_SPLIT = 384
+
+
+def _small_weight_config(N: int, K: int, num_sms: int) -> GemvConfig:
+    cfg = fit_config(GemvConfig(True, 32 if K >= 3072 else 64, 128, 4, 4), N, K, num_sms, 1)
+    k_split = _SMALL_K_SPLIT if K >= 3072 and _SMALL_K_SPLIT % cfg.block_k == 0 else 0
+    return replace(cfg, k_split=k_split if k_split < K else 0)
+
+
 def pick_config(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> GemvConfig:
-    """The launch table: FMA tiles for one row, tensor-core tiles for 2..16 rows; split-K when N is narrow."""
+    """The launch table: FMA tiles for one row, tensor-core tiles for 2..16 rows and (by ``BLOCK_M``, 32 or 64) for
+    17..64 rows; split-K when N is narrow. Small 16-bit weights on the tensor-core path: see ``_SMALL_WEIGHT_BYTES``."""
     use_dot = M > 1
-    block_n, block_k, warps, stages, per_sm = _TABLE[(use_dot, dtype == torch.float32)]
+    fp32 = dtype == torch.float32
+    if use_dot and not fp32 and N * K * dtype.itemsize <= _SMALL_WEIGHT_BYTES:
+        return _small_weight_config(N, K, num_sms)
+    block_m = dot_block_m(M)
+    if use_dot and block_m > _DOT_BLOCK_M:
+        block_n, block_k, warps, stages, per_sm = _WIDE_TABLE[(min(block_m, KERNEL_MAX_M), fp32)]
+    else:
+        block_n, block_k, warps, stages, per_sm = _TABLE[(use_dot, fp32)]
     cfg = GemvConfig(use_dot, block_n, block_k, warps, stages)
     return fit_config(cfg, N, K, num_sms, per_sm)
 
@@ -269,8 +334,10 @@ def launch(
         raise ValueError(f"{what} and weight [N, K]; got {tuple(x.shape)} and {tuple(weight.shape)}")
     M = x.shape[0]
     N, K = weight.shape
-    if M > MAX_M:
-        raise ValueError(f"the skinny GEMM serves at most {MAX_M} rows; got {M}")
+    if M > KERNEL_MAX_M:
+        raise ValueError(
+            f"the skinny GEMM serves at most {KERNEL_MAX_M} rows; got {M} (larger batches belong to F.linear)"
+        )
     if bias is not None and bias.shape != (N,):
         raise ValueError(f"bias must have shape ({N},); got {tuple(bias.shape)}")
     x = x if x.stride(1) == 1 else x.contiguous()
@@ -317,7 +384,7 @@ def launch(
         EVEN_K=K % block_k == 0,
         SPLIT=split_k > 1,
         SILU_MUL=silu_mul,
-        BLOCK_M=_DOT_BLOCK_M if use_dot else 1,
+        BLOCK_M=dot_block_m(M) if use_dot else 1,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         NUM_STAGES=cfg.num_stages,
@@ -328,7 +395,8 @@ def launch(
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ weight.T + bias`` for x [M, K] with ``M <= 16`` (bf16/fp16/fp32), weight [N, K], bias [N] or None.
+    """``x @ weight.T + bias`` for x [M, K] with ``M <= 64`` (:data:`KERNEL_MAX_M`; bf16/fp16/fp32), weight [N, K],
+    bias [N] or None.
 
     Returns a new [M, N] tensor in ``x.dtype``; products are accumulated in float32 (split-K partials are summed in a
     fixed order, so results are deterministic). Capturable in a CUDA graph after one eager call per shape class.
@@ -340,10 +408,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 def silu_and_mul_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``linear(silu_and_mul(x), weight, bias)`` in one kernel for x [M, 2 * K] (gate | up) with ``M <= 16``,
-    weight [N, K], bias [N] or None. The activation is computed as ``triton_ops.silu_and_mul`` computes it (float32,
-    rounded to ``x.dtype``) and fed to the same launch config as :func:`linear` at K, so on the GPU the result is
-    bit-identical to the two-kernel path. Same capture rules as :func:`linear`."""
+    """``linear(silu_and_mul(x), weight, bias)`` in one kernel for x [M, 2 * K] (gate | up) with ``M <= 64``
+    (:data:`KERNEL_MAX_M`), weight [N, K], bias [N] or None. The activation is computed as
+    ``triton_ops.silu_and_mul`` computes it (float32, rounded to ``x.dtype``) and fed to the same launch config as
+    :func:`linear` at K, so on the GPU the result is bit-identical to the two-kernel path. Same capture rules as
+    :func:`linear`."""
     cfg = pick_config(x.shape[0], weight.shape[0], weight.shape[-1], x.dtype, _sm_count(x.device))
     return launch(x, weight, bias, cfg, silu_mul=True)
 
@@ -362,8 +431,9 @@ def _skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def dispatch_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``kernels.linear`` on CUDA: the skinny kernel for a contiguous 2-D CUDA ``x`` of 1..16 rows whose weight shares
-    its dtype and has a contiguous last dim; ``F.linear`` (cuBLAS) for everything else."""
+    """``kernels.linear`` on CUDA: the skinny kernel for a contiguous 2-D CUDA ``x`` of 1..``MAX_M`` rows (16 unless
+    ``INFERD_SKINNY_MAX_M`` says otherwise) whose weight shares its dtype and has a contiguous last dim; ``F.linear``
+    (cuBLAS) for everything else."""
     if _skinny_ok(x, weight):
         return linear(x, weight, bias)
     return F.linear(x, weight, bias)
