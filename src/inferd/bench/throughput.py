@@ -40,7 +40,8 @@ def run(args: argparse.Namespace, engine_kwargs: dict[str, Any]) -> dict[str, An
         for r in requests
     ]
     warm = SamplingParams(max_tokens=8, detokenize=False, ignore_eos=True)
-    llm.generate([{"prompt_token_ids": [1, 2, 3]}], warm, use_tqdm=False)
+    replicas = int(engine_kwargs.get("data_parallel_size") or 1)  # one warm-up request lands on each replica
+    llm.generate([{"prompt_token_ids": [1, 2, 3]}] * replicas, warm, use_tqdm=False)
     start = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
