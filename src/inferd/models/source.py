@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inferd.config import LOAD_FORMATS
+from inferd.models.native_config import native_config
 from inferd.models.weight_utils import check_safetensors_present, hub_offline, hub_snapshot, list_hub_files
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class ModelSource:
     model: str  # as the user named it
     path: str  # local folder holding config (+ weights); for GGUF the folder of the file
     load_format: str  # resolved: "safetensors" | "gguf" | "dummy"
-    hf_config: PretrainedConfig = field(repr=False)
+    hf_config: Any = field(repr=False)  # a transformers config, or a NativeConfig (models/native_config.py)
     checkpoint_dtype: str | None  # "bfloat16" | "float16" | "float32" from config.json; None for GGUF
     gguf_file: str | None  # absolute path of the .gguf file
     tokenizer: str | None  # what load_tokenizer loads: local folder or .gguf file; None if there is none
@@ -250,10 +251,15 @@ def _resolve_tokenizer(tokenizer: str | None, source: ModelSource, download_dir:
     return folder
 
 
-def _load_config(folder: str, trust_remote_code: bool) -> tuple[PretrainedConfig, dict[str, Any]]:
+def _load_config(folder: str, trust_remote_code: bool) -> tuple[Any, dict[str, Any]]:
+    """The model config: read as it is for the architectures inferd implements when the file states every value
+    they need (``native_config``: no transformers import), else resolved by ``transformers.AutoConfig``."""
+    raw = _read_json(os.path.join(folder, CONFIG_FILE))
+    native = native_config(raw, trust_remote_code)
+    if native is not None:
+        return native, raw
     from transformers import AutoConfig
 
-    raw = _read_json(os.path.join(folder, CONFIG_FILE))
     try:
         hf_config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except Exception as e:  # transformers raises many types for a bad or unknown config
