@@ -139,27 +139,10 @@ class CustomAllReduce:
             ("fused graph self-test", self._test_fused_graph),
         ]
         try:
-            for name, step in steps:
-                try:
-                    reason = step()
-                except _Hung:
-                    raise
-                except Exception as e:
-                    reason = f"{type(e).__name__}: {e}"
-                if not self._agree(name, reason):
-                    return
+            if not self._run_steps(steps):
+                return
             self.enabled = True
-            self.fused_enabled = True
-            for name, step in fused_steps:
-                try:
-                    reason = step()
-                except _Hung:
-                    raise
-                except Exception as e:
-                    reason = f"{type(e).__name__}: {e}"
-                if not self._agree(name, reason, disables="the fused all-reduce + RMSNorm"):
-                    self.fused_enabled = False
-                    break
+            self.fused_enabled = self._run_steps(fused_steps, disables="the fused all-reduce + RMSNorm")
             logger.info(
                 "Custom all-reduce on (one-shot through symmetric memory, %d ranks, tensors up to %d KiB; "
                 "fused with the residual add + RMSNorm: %s).",
@@ -241,6 +224,22 @@ class CustomAllReduce:
         self._op = self._copy_op = None
 
     # ------------------------------------------------------------------------------------------ construction
+
+    def _run_steps(
+        self, steps: list[tuple[str, Callable[[], str | None]]], disables: str = "custom all-reduce"
+    ) -> bool:
+        """Run the steps in order on every rank, agreeing on each one's outcome; False once one failed anywhere
+        (``_Hung`` propagates: the caller gives up on the GPU stream)."""
+        for name, step in steps:
+            try:
+                reason = step()
+            except _Hung:
+                raise
+            except Exception as e:
+                reason = f"{type(e).__name__}: {e}"
+            if not self._agree(name, reason, disables):
+                return False
+        return True
 
     def _agree(self, step: str, reason: str | None, disables: str = "custom all-reduce") -> bool:
         """NCCL MIN of the ranks' success flags; on failure, gather the reasons, log them once and disable."""
