@@ -115,10 +115,9 @@ class CustomAllReduce:
         self._buffer: torch.Tensor | None = None
         self._handle: Any = None
         self._views: dict[torch.dtype, torch.Tensor] = {}
-        self._flags: torch.Tensor | None = None  # this rank's fused-kernel flags (int32 [world, FLAG_ROWS])
-        self._epochs: torch.Tensor | None = (
-            None  # this rank's fused-kernel call count per row (int32 [FLAG_ROWS])
-        )
+        # The fused kernel's state: this rank's flags (int32 [world, FLAG_ROWS]) and call count per row.
+        self._flags: torch.Tensor | None = None
+        self._epochs: torch.Tensor | None = None  # int32 [FLAG_ROWS]
         self._inbox_ptrs: torch.Tensor | None = None  # int64 [world]: every rank's inboxes as mapped here
         self._flag_ptrs: torch.Tensor | None = None  # int64 [world]: every rank's flags as mapped here
         self._fused: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -142,7 +141,7 @@ class CustomAllReduce:
             if not self._run_steps(steps):
                 return
             self.enabled = True
-            self.fused_enabled = self._run_steps(fused_steps, disables="the fused all-reduce + RMSNorm")
+            self.fused_enabled = self._run_steps(fused_steps, fused_only=True)
             logger.info(
                 "Custom all-reduce on (one-shot through symmetric memory, %d ranks, tensors up to %d KiB; "
                 "fused with the residual add + RMSNorm: %s).",
@@ -225,11 +224,10 @@ class CustomAllReduce:
 
     # ------------------------------------------------------------------------------------------ construction
 
-    def _run_steps(
-        self, steps: list[tuple[str, Callable[[], str | None]]], disables: str = "custom all-reduce"
-    ) -> bool:
+    def _run_steps(self, steps: list[tuple[str, Callable[[], str | None]]], fused_only: bool = False) -> bool:
         """Run the steps in order on every rank, agreeing on each one's outcome; False once one failed anywhere
-        (``_Hung`` propagates: the caller gives up on the GPU stream)."""
+        (``_Hung`` propagates: the caller gives up on the GPU stream). ``fused_only``: a failure turns off only the
+        fused all-reduce + RMSNorm."""
         for name, step in steps:
             try:
                 reason = step()
@@ -237,12 +235,13 @@ class CustomAllReduce:
                 raise
             except Exception as e:
                 reason = f"{type(e).__name__}: {e}"
-            if not self._agree(name, reason, disables):
+            if not self._agree(name, reason, fused_only):
                 return False
         return True
 
-    def _agree(self, step: str, reason: str | None, disables: str = "custom all-reduce") -> bool:
-        """NCCL MIN of the ranks' success flags; on failure, gather the reasons, log them once and disable."""
+    def _agree(self, step: str, reason: str | None, fused_only: bool = False) -> bool:
+        """NCCL MIN of the ranks' success flags; on failure, gather the reasons, log them once and disable (the whole
+        custom all-reduce, or with ``fused_only`` its fused all-reduce + RMSNorm)."""
         flag = torch.tensor([0 if reason else 1], dtype=torch.int32, device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self.group)
         if int(flag.item()) == 1:
@@ -252,9 +251,11 @@ class CustomAllReduce:
         reason_text = f"{step} failed: " + "; ".join(
             f"rank {r}: {text}" for r, text in enumerate(reasons) if text
         )
-        if disables != "custom all-reduce":
+        if fused_only:
             if self.rank == 0:
-                logger.warning("%s off, the layers all-reduce then norm (%s).", disables, reason_text)
+                logger.warning(
+                    "Fused all-reduce + RMSNorm off, the layers all-reduce then norm (%s).", reason_text
+                )
             return False
         self.reason = reason_text
         if self.rank == 0:
@@ -456,7 +457,7 @@ class CustomAllReduce:
 
     def _test_fused_eager(self) -> str | None:
         failures: list[str] = []
-        for k in (0, 1):  # twice: the second call reuses the inboxes the first one handed back
+        for k in (0, 1):  # twice: even and odd epochs use different inboxes
             cases = self._fused_cases(k)
             outs = [self.all_reduce_add_rms_norm(x, r, w, 1e-6) for x, r, w, _, _ in cases]
             _wait(self.device, "the fused all-reduce + RMSNorm")

@@ -128,9 +128,8 @@ class DecoderMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [num_tokens, hidden] -> [num_tokens, hidden]."""
         gate_up = self.gate_up_proj(x)  # [num_tokens, 2 * intermediate / tp]
-        return self.down_proj(
-            gate_up, silu_mul_input=True, reduce=False
-        )  # partial when down_proj.defers_reduce
+        # [num_tokens, hidden]: partial sums when down_proj.defers_reduce
+        return self.down_proj(gate_up, silu_mul_input=True, reduce=False)
 
 
 class DecoderLayer(nn.Module):
