@@ -1,7 +1,8 @@
 """First-start Triton compilation in a side process, while the engine process resolves its config.
 
-On a fresh machine an engine spends ~9 s importing transformers to resolve the model config and then ~10 s compiling
-Triton kernels (memory profile and CUDA-graph capture), one after the other. The compilation only depends on the
+On a fresh machine an engine spends seconds importing torch and resolving the model config (~9 s more when
+transformers resolves it: configs ``models/native_config.py`` does not read) and then ~10 s compiling Triton kernels
+(memory profile and CUDA-graph capture), one after the other. The compilation only depends on the
 model's shapes, which ``config.json`` states plainly, so the engine process starts two warm-up processes first:
 each builds a one-layer copy of the model from the raw ``config.json`` (no transformers import) with dummy weights;
 one runs the memory profile's prefill batch, the others each decode-graph bucket's forward, eagerly (all buckets in
