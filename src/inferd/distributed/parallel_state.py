@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
+from inferd import kernels
+
 if TYPE_CHECKING:
     from inferd.distributed.custom_all_reduce import CustomAllReduce
 
@@ -126,8 +128,6 @@ def tp_all_reduce_add_rms_norm(
 
     Small CUDA batches run it as one kernel (the custom all-reduce's fused path, when it passed its self-tests);
     everything else all-reduces, then norms."""
-    from inferd import kernels
-
     if _TP_SIZE > 1:
         car = _CUSTOM_AR
         if car is not None and car.should_fuse(x, residual):

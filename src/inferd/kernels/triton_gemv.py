@@ -216,22 +216,16 @@ class GemvConfig:
         return f"{kind} n{self.block_n} k{self.block_k} w{self.num_warps} s{self.num_stages} split{self.split_k(K)}"
 
 
-# (use_dot, fp32) -> (block_n, block_k, num_warps, num_stages, programs per SM to aim for), for M <= 16
+# (use_dot, fp32) -> (block_n, block_k, num_warps, num_stages, programs per SM to aim for); the dot path pads rows
+# to BLOCK_M = 16, 32 or 64 (64-row 16-bit tiles take _WIDE_BLOCK_K / _WIDE_STAGES). Above 16 rows the H100 sweep
+# (run-s5-3) found cuBLAS faster, so only INFERD_SKINNY_MAX_M > 16 sends such batches here.
 _TABLE: dict[tuple[bool, bool], tuple[int, int, int, int, int]] = {
     (False, False): (16, 512, 8, 3, 4),
     (False, True): (16, 256, 4, 3, 4),
     (True, False): (64, 128, 4, 4, 2),
     (True, True): (32, 64, 4, 2, 2),
 }
-# (BLOCK_M, fp32) -> the same, for the dot path at 17..64 rows. Not tuned yet (benchmarks/gemv_bench.py --sweep --m
-# 24 32 48 64). Shared memory per program is about num_stages * (block_n + BLOCK_M) * block_k * itemsize: 96 / 48 KB
-# for the 16-bit entries, 32 / 48 KB for the float32 ones.
-_WIDE_TABLE: dict[tuple[int, bool], tuple[int, int, int, int, int]] = {
-    (32, False): (64, 128, 4, 4, 2),
-    (32, True): (32, 64, 4, 2, 2),
-    (64, False): (64, 64, 4, 3, 2),
-    (64, True): (32, 64, 4, 2, 2),
-}
+_WIDE_BLOCK_K, _WIDE_STAGES = 64, 3  # 16-bit tiles of 64 rows: ~48 KB of shared memory instead of ~128 KB
 
 
 def dot_block_m(M: int) -> int:
@@ -271,17 +265,15 @@ def _small_weight_config(N: int, K: int, num_sms: int) -> GemvConfig:
 
 
 def pick_config(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> GemvConfig:
-    """The launch table: FMA tiles for one row, tensor-core tiles for 2..16 rows and (by ``BLOCK_M``, 32 or 64) for
-    17..64 rows; split-K when N is narrow. Small 16-bit weights on the tensor-core path: see ``_SMALL_WEIGHT_BYTES``."""
+    """The launch table: FMA tiles for one row, tensor-core tiles for 2..64 rows; split-K when N is narrow. Small 16-bit
+    weights on the tensor-core path: see ``_SMALL_WEIGHT_BYTES``."""
     use_dot = M > 1
     fp32 = dtype == torch.float32
     if use_dot and not fp32 and N * K * dtype.itemsize <= _SMALL_WEIGHT_BYTES:
         return _small_weight_config(N, K, num_sms)
-    block_m = dot_block_m(M)
-    if use_dot and block_m > _DOT_BLOCK_M:
-        block_n, block_k, warps, stages, per_sm = _WIDE_TABLE[(min(block_m, KERNEL_MAX_M), fp32)]
-    else:
-        block_n, block_k, warps, stages, per_sm = _TABLE[(use_dot, fp32)]
+    block_n, block_k, warps, stages, per_sm = _TABLE[(use_dot, fp32)]
+    if use_dot and not fp32 and dot_block_m(M) == KERNEL_MAX_M:
+        block_k, stages = _WIDE_BLOCK_K, _WIDE_STAGES
     cfg = GemvConfig(use_dot, block_n, block_k, warps, stages)
     return fit_config(cfg, N, K, num_sms, per_sm)
 
