@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -120,6 +122,23 @@ def test_finish_waits_then_kills_a_slow_process() -> None:
     kernel_warmup.finish(None)
 
 
+def test_start_then_finish_logs_each_process(
+    tiny_qwen3: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The processes started for an engine run (here on a CPU-only machine, where they find nothing to compile and
+    exit at once) and the engine's log names each part with its run time and exit code."""
+    monkeypatch.setattr(kernel_warmup, "_nvidia_gpu_visible", lambda: True)
+    procs = kernel_warmup.start(EngineArgs(model=str(tiny_qwen3), enforce_eager=True))
+    assert procs is not None and len(procs) == 1
+    with caplog.at_level(logging.INFO, logger="inferd.worker.kernel_warmup"):
+        kernel_warmup.finish(procs, timeout=120)
+    assert procs[0].returncode == 0
+    assert re.search(
+        r"Kernel warm-up processes done after [\d.]+ s more: prefill [\d.]+ s \(exit 0\)", caplog.text
+    )
+    assert kernel_warmup._STARTED == {}
+
+
 @pytest.mark.parametrize(
     "part", [{"part": "prefill"}, {"part": "decode"}, {"part": "decode", "buckets": [2, 8]}]
 )
@@ -135,7 +154,10 @@ def test_decode_buckets_split_by_kernel_variants_where_cores_allow(monkeypatch: 
     spec = {"enforce_eager": False}
     monkeypatch.setattr(kernel_warmup.os, "cpu_count", lambda: 16)
     groups = [p.get("buckets") for p in kernel_warmup.parts(spec)]
-    assert groups == [None, [1, 1], [2, 8], [9, 1 << 30]]  # prefill, then every bucket size exactly once
+    # prefill, then every bucket size exactly once
+    assert groups == [None, [1, 1], [2, 8], [9, 16], [17, 32], [33, 1 << 30]]
+    monkeypatch.setattr(kernel_warmup.os, "cpu_count", lambda: 8)
+    assert [p.get("buckets") for p in kernel_warmup.parts(spec)] == [None, [1, 1], [2, 16], [17, 1 << 30]]
     monkeypatch.setattr(kernel_warmup.os, "cpu_count", lambda: 4)
     assert kernel_warmup.parts(spec) == [{"part": "prefill"}, {"part": "decode"}]
     assert kernel_warmup.parts({"enforce_eager": True}) == [{"part": "prefill"}]

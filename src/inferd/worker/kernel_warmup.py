@@ -14,7 +14,9 @@ exit before its memory profile (so the profile sees only its own memory), and ki
 It is only an optimisation: any failure here (an unusual config, too little memory) just leaves the cache as it
 was, and the engine compiles what it needs itself. ``INFERD_KERNEL_WARMUP=0`` turns it off; it runs only for a
 single engine on one CUDA GPU (no tensor or data parallelism) and a model whose ``config.json`` is on this machine
-already.
+already. The engine logs how long each process ran; ``INFERD_KERNEL_WARMUP=debug`` also lets the processes print
+when each of their phases ended (torch imported, model built, each bucket). A process that is done exits at once,
+without the interpreter's and CUDA's teardown.
 
     python -m inferd.worker.kernel_warmup '<json spec>'   (started by :func:`start`)
 """
@@ -87,28 +89,36 @@ def spec_for(args: EngineArgs) -> dict[str, Any] | None:
     }
 
 
-# The decode-graph buckets by the kernel variants they compile: batch 1 (the skinny GEMM's FMA path, with PDL),
-# 2-8 (its tensor-core path, with PDL: pdl.MAX_GRAPH_BATCH), larger (no PDL; cuBLAS above 16 rows). Given enough
-# cores, each group is compiled by a process of its own.
-_DECODE_GROUPS = ((1, 1), (2, 8), (9, 1 << 30))
+# The decode-graph buckets by the kernel variants they compile: batch 1 (the skinny GEMM's FMA path), 2-16 (its
+# tensor-core path; both with PDL: pdl.MAX_GRAPH_BATCH), larger (no PDL; cuBLAS above 16 rows). Given enough cores,
+# each group is compiled by a process of its own; with more, the slowest groups are split further: 2-16 and 17+
+# each compile ~6 s of kernels serially (s6-3), so 9-16 (the 16-row GEMV tiles) and 17-32 (the split attention
+# without PDL) get their own processes.
+_DECODE_GROUPS = ((1, 1), (2, 16), (17, 1 << 30))
+_DECODE_GROUPS_MANY_CPUS = ((1, 1), (2, 8), (9, 16), (17, 32), (33, 1 << 30))
 _MIN_CPUS_FOR_GROUPS = 8
+_MIN_CPUS_FOR_MORE_GROUPS = 12
 
 
 def parts(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """What each warm-up process compiles (merged into its spec): the memory profile's prefill kernels, and the
     decode-graph buckets' kernels — in one process, or one per :data:`_DECODE_GROUPS` group on machines with at
-    least ``_MIN_CPUS_FOR_GROUPS`` cores. All run side by side."""
+    least ``_MIN_CPUS_FOR_GROUPS`` cores (:data:`_DECODE_GROUPS_MANY_CPUS` from ``_MIN_CPUS_FOR_MORE_GROUPS``).
+    All run side by side."""
     out: list[dict[str, Any]] = [{"part": "prefill"}]
     if spec["enforce_eager"]:
         return out
-    if (os.cpu_count() or 1) < _MIN_CPUS_FOR_GROUPS:
+    cpus = os.cpu_count() or 1
+    if cpus < _MIN_CPUS_FOR_GROUPS:
         return [*out, {"part": "decode"}]
-    return [*out, *({"part": "decode", "buckets": list(group)} for group in _DECODE_GROUPS)]
+    groups = _DECODE_GROUPS_MANY_CPUS if cpus >= _MIN_CPUS_FOR_MORE_GROUPS else _DECODE_GROUPS
+    return [*out, *({"part": "decode", "buckets": list(group)} for group in groups)]
 
 
 def start(args: EngineArgs) -> list[subprocess.Popen[bytes]] | None:
     """Start the warm-up processes for ``args`` (one per entry of :func:`parts`, compiling in parallel; see the
-    module docstring); None when the warm-up does not apply."""
+    module docstring); None when the warm-up does not apply. ``INFERD_KERNEL_WARMUP=debug`` lets them print to
+    this process's stdout/stderr, with the time each phase ended."""
     spec = spec_for(args)
     if spec is None:
         return None
@@ -117,33 +127,61 @@ def start(args: EngineArgs) -> list[subprocess.Popen[bytes]] | None:
     procs = []
     for part in parts(spec):
         try:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "inferd.worker.kernel_warmup", json.dumps({**spec, **part})],
-                    stdout=out,
-                    stderr=out,
-                )
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "inferd.worker.kernel_warmup",
+                    json.dumps({**spec, **part, "launched": time.time()}),
+                ],
+                stdout=out,
+                stderr=out,
             )
         except OSError:
             break
+        _STARTED[proc.pid] = (_label(part), time.perf_counter())
+        procs.append(proc)
     return procs or None
 
 
+def _label(part: dict[str, Any]) -> str:
+    buckets = part.get("buckets")
+    if not buckets:
+        return str(part["part"])
+    low, high = buckets
+    return f"{part['part']} {low}" + ("" if high == low else f"-{high}" if high < 1 << 30 else "+")
+
+
+_STARTED: dict[int, tuple[str, float]] = {}  # pid -> (part label, time.perf_counter() at start)
+
+
 def finish(procs: list[subprocess.Popen[bytes]] | None, timeout: float = 120.0) -> None:
-    """Wait for the warm-up processes to exit (killing them ``timeout`` seconds after this call)."""
+    """Wait for the warm-up processes to exit (killing them ``timeout`` seconds after this call); logs how long
+    each ran."""
     if not procs:
         return
     start_time = time.perf_counter()
+    ended: dict[int, float] = {}
+    while len(ended) < len(procs):
+        now = time.perf_counter()
+        for proc in procs:
+            if proc.pid not in ended and proc.poll() is not None:
+                ended[proc.pid] = now
+        if len(ended) < len(procs) and now - start_time > timeout:
+            for proc in procs:
+                if proc.pid not in ended:
+                    proc.kill()
+                    proc.wait()
+                    ended[proc.pid] = now
+        time.sleep(0.005)
+    runs = []
     for proc in procs:
-        try:
-            proc.wait(timeout=max(0.0, timeout - (time.perf_counter() - start_time)))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        label, began = _STARTED.pop(proc.pid, ("?", start_time))
+        runs.append(f"{label} {ended[proc.pid] - began:.1f} s (exit {proc.returncode})")
     logger.info(
-        "Kernel warm-up processes done (%s) after %.1f s more",
-        ", ".join(str(p.returncode) for p in procs),
+        "Kernel warm-up processes done after %.1f s more: %s",
         time.perf_counter() - start_time,
+        ", ".join(runs),
     )
 
 
@@ -155,9 +193,20 @@ def _one_layer_config(raw: dict[str, Any]) -> SimpleNamespace:
     return cfg
 
 
+def _mark(spec: dict[str, Any], what: str) -> None:
+    """With ``INFERD_KERNEL_WARMUP=debug``: print when a phase of this warm-up process ended."""
+    if os.environ.get("INFERD_KERNEL_WARMUP") == "debug":
+        since = time.time() - spec.get("launched", time.time())
+        print(
+            f"kernel warm-up {_label(spec)}: {what} {since:.1f} s after launch", file=sys.stderr, flush=True
+        )
+
+
 def run(spec: dict[str, Any]) -> None:
     """Compile what the engine's memory profile and graph capture will compile (same shapes, one layer)."""
     import torch
+
+    _mark(spec, "torch imported")
 
     from inferd.config import (
         CacheConfig,
@@ -223,9 +272,11 @@ def run(spec: dict[str, Any]) -> None:
     part = spec.get("part", "all")
     with torch.inference_mode():
         runner = ModelRunner(config)
+        _mark(spec, "one-layer model built")
         if part in ("prefill", "all"):
             num_seqs = max(1, min(max_num_seqs, num_tokens))
             run_dummy_batch(runner, num_tokens, num_seqs, num_tokens // runner.block_size + num_seqs + 1)
+            _mark(spec, "prefill batch queued")
         if config.enforce_eager or part == "prefill":
             return
         runner.initialize_kv_cache(2)  # graph warm-ups write no KV (padding slots) and read block 0 only
@@ -234,6 +285,7 @@ def run(spec: dict[str, Any]) -> None:
         for bs in reversed(graphs.buckets):
             if low <= bs <= high:
                 graphs.forward_eagerly(bs)
+                _mark(spec, f"bucket {bs} done")
         torch.cuda.synchronize()
 
 
@@ -250,11 +302,18 @@ def _fits(raw: dict[str, Any], dtype: str, total_bytes: int) -> bool:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    spec = json.loads(sys.argv[1])
     try:
-        run(json.loads(sys.argv[1]))
+        run(spec)
     except Exception as e:  # an optimisation only: the engine compiles whatever is missing itself
         print(f"kernel warm-up skipped: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)
+    _mark(spec, "done")
+    # Every kernel is compiled and in Triton's on-disk cache by now (compilation happens at launch, on the host):
+    # skip the interpreter's and CUDA's orderly teardown (0.5-1 s measured), which the engine would wait for.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
