@@ -19,6 +19,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 
 if not torch.cuda.is_available():
     os.environ.setdefault(
@@ -262,9 +263,9 @@ def test_fp16_and_strided_rows(m: int) -> None:
 
 def test_pick_config_splits_k_only_for_narrow_outputs() -> None:
     sms = 132
-    narrow = triton_gemv.pick_config(1, 1024, 2048, torch.bfloat16, sms)  # o_proj of Qwen3-0.6B
+    narrow = triton_gemv.pick_config(1, 1024, 8192, torch.bfloat16, sms)  # 16 MiB, 64 column tiles
     wide = triton_gemv.pick_config(1, 151936, 1024, torch.bfloat16, sms)  # lm_head
-    assert narrow.split_k(2048) > 1 and narrow.k_split % narrow.block_k == 0
+    assert narrow.split_k(8192) > 1 and narrow.k_split % narrow.block_k == 0
     assert wide.split_k(1024) == 1
     for m in (2, 8, 16):  # 8B-sized weights (over 12 MiB) split K until the tiles fill the GPU
         cfg = triton_gemv.pick_config(m, 4096, 4096, torch.bfloat16, sms)
@@ -292,9 +293,31 @@ def test_pick_config_small_weights_take_few_long_programs() -> None:
                 4,
             )
             assert cfg.split_k(k) == split
-    assert triton_gemv.pick_config(1, 1024, 3072, torch.bfloat16, sms).use_dot is False
     assert triton_gemv.pick_config(8, 1024, 3072, torch.float32, sms).block_n == 32  # float32 table entry
     assert triton_gemv.pick_config(8, 4096, 2048, torch.bfloat16, sms).split_k(2048) > 1  # 16 MiB: the table
+
+
+def test_pick_config_one_row_of_small_weights_never_splits_k() -> None:
+    """One row of 16-bit weights up to 12 MiB (Qwen3-0.6B's layers) on the FMA path: whole-K programs, 8 columns each
+    for outputs of at least 16 columns per SM, else 4 columns in long K blocks (the H100 sweep's best, run-s6-6)."""
+    sms = 132
+    wide, narrow = (8, 256, 4, 3), (4, 2048, 8, 1)
+    for dtype in (torch.bfloat16, torch.float16):
+        for n, k, want in (
+            (4096, 1024, wide),
+            (6144, 1024, wide),
+            (1024, 2048, narrow),
+            (1024, 3072, narrow),
+        ):
+            cfg = triton_gemv.pick_config(1, n, k, dtype, sms)
+            assert (cfg.use_dot, cfg.block_n, cfg.block_k, cfg.num_warps, cfg.num_stages) == (False, *want)
+            assert cfg.split_k(k) == 1
+    small_k = triton_gemv.pick_config(1, 960, 576, torch.bfloat16, sms)  # block_k shrinks to cover K once
+    assert (small_k.block_n, small_k.block_k, small_k.split_k(576)) == (4, 1024, 1)
+    # float32, and weights over 12 MiB, keep the table (split K where the column tiles leave SMs idle)
+    assert triton_gemv.pick_config(1, 1024, 2048, torch.float32, sms).split_k(2048) > 1
+    big = triton_gemv.pick_config(1, 4096, 4096, torch.bfloat16, sms)
+    assert (big.block_n, big.block_k, big.num_warps, big.num_stages) == (16, 512, 8, 3)
 
 
 def test_linear_rejects_bad_shapes() -> None:
@@ -534,8 +557,11 @@ def test_split_k_is_deterministic_on_gpu(shape: tuple[int, int], m: int) -> None
     program's partials. A stale read shows up as a run-to-run difference or an error vs the unsplit kernel."""
     k, n = shape
     cfg = triton_gemv.pick_config(m, n, k, torch.bfloat16, triton_gemv._sm_count(torch.device("cuda")))
-    if cfg.split_k(k) == 1:  # small weights on the tensor-core path take whole-K tiles: split them here
-        cfg = replace(cfg, k_split=max(cfg.block_k, k // 4 // cfg.block_k * cfg.block_k))
+    if (
+        cfg.split_k(k) == 1
+    ):  # small weights take whole-K programs: split them here (shorter K blocks if need be)
+        block_k = min(cfg.block_k, triton.next_power_of_2(k) // 4)
+        cfg = replace(cfg, block_k=block_k, k_split=max(block_k, k // 4 // block_k * block_k))
     assert cfg.split_k(k) > 1
     x, w, b = make_inputs(m, k, n, torch.bfloat16, "cuda", bias=True, seed=m)
     first = triton_gemv.launch(x, w, b, cfg)

@@ -264,13 +264,27 @@ def _small_weight_config(N: int, K: int, num_sms: int) -> GemvConfig:
     return replace(cfg, k_split=k_split if k_split < K else 0)
 
 
+# One row (the FMA path), 16-bit weights of at most _SMALL_WEIGHT_BYTES: whole-K programs too, never split-K. Where
+# the output has at least 16 columns per SM, 8 columns per program in pipelined 256-long K blocks; narrower outputs
+# (o_proj, down_proj) take 4 columns per program (about two per SM) and long K blocks. H100 sweep at one row
+# (benchmarks/results/run-s6-6, in CUDA graphs with PDL): qkv / o / gate_up / down 4.88 / 5.34 / 6.25 / 5.80 us with
+# the table below -> 4.42 / 3.12 / 5.75 / 3.99 us; Qwen3-0.6B batch-1 decode 1.05 -> 0.93 ms per token.
+_SMALL_FMA_WIDE = GemvConfig(False, 8, 256, 4, 3)
+_SMALL_FMA_NARROW = GemvConfig(False, 4, 2048, 8, 1)
+
+
+def _small_weight_fma_config(N: int, K: int, num_sms: int) -> GemvConfig:
+    base = _SMALL_FMA_WIDE if N >= 16 * num_sms else _SMALL_FMA_NARROW
+    return replace(fit_config(base, N, K, num_sms, 1), k_split=0)
+
+
 def pick_config(M: int, N: int, K: int, dtype: torch.dtype, num_sms: int) -> GemvConfig:
     """The launch table: FMA tiles for one row, tensor-core tiles for 2..64 rows; split-K when N is narrow. Small 16-bit
-    weights on the tensor-core path: see ``_SMALL_WEIGHT_BYTES``."""
+    weights: see ``_SMALL_WEIGHT_BYTES`` (tensor-core path) and ``_SMALL_FMA_WIDE`` (one row)."""
     use_dot = M > 1
     fp32 = dtype == torch.float32
-    if use_dot and not fp32 and N * K * dtype.itemsize <= _SMALL_WEIGHT_BYTES:
-        return _small_weight_config(N, K, num_sms)
+    if not fp32 and N * K * dtype.itemsize <= _SMALL_WEIGHT_BYTES:
+        return _small_weight_config(N, K, num_sms) if use_dot else _small_weight_fma_config(N, K, num_sms)
     block_n, block_k, warps, stages, per_sm = _TABLE[(use_dot, fp32)]
     if use_dot and not fp32 and dot_block_m(M) == KERNEL_MAX_M:
         block_k, stages = _WIDE_BLOCK_K, _WIDE_STAGES
