@@ -259,6 +259,8 @@ def sweep(table: dict[tuple[int, int], dict[int, Result]], args: argparse.Namesp
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     fma = [(16, 512, 8, 3), (16, 256, 4, 3), (16, 256, 4, 1), (16, 512, 8, 1), (8, 512, 4, 3)]
     fma += [(16, 512, 4, 3), (32, 256, 8, 3), (32, 512, 8, 2), (8, 256, 2, 3), (4, 512, 4, 3)]
+    # narrow column tiles over long K blocks: the one-row winners for small weights (run-s6-6)
+    fma += [(8, 256, 4, 3), (4, 2048, 8, 1), (2, 1024, 2, 2), (4, 1024, 4, 2), (8, 1024, 8, 2)]
     dot = [(64, 128, 4, 4), (64, 128, 4, 3), (64, 256, 4, 3), (32, 128, 4, 4), (32, 256, 4, 3)]
     dot += [(128, 128, 4, 3), (128, 64, 8, 4), (64, 64, 4, 5)]
     # 17..64 rows (BLOCK_M 32 / 64): block_n x block_k x num_warps x num_stages
@@ -288,7 +290,7 @@ def sweep(table: dict[tuple[int, int], dict[int, Result]], args: argparse.Namesp
             else:  # the table's pick first, so it is timed even when the budget runs out mid-shape
                 picked = triton_gemv.pick_config(m, N, K, DTYPE, sms)
                 bases = [replace(picked, k_split=0)] + [GemvConfig(True, *c) for c in wide]
-            fitted = [triton_gemv.fit_config(b, N, K, sms, per_sm) for b in bases for per_sm in (2, 4, 8)]
+            fitted = [triton_gemv.fit_config(b, N, K, sms, per_sm) for b in bases for per_sm in (1, 2, 4, 8)]
             cands = list(dict.fromkeys(fitted + [replace(c, k_split=0) for c in fitted]))
             timed = []
             for cfg in cands:

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Session 6, call 3 (nvidia-h100-x1, fresh machine): working tree (warm-up timings + exit without teardown).
+R=$OUT/r; mkdir -p $R; cp gpu_call.sh $R/command.sh
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+COMMON=(--load-format dummy --dtype bfloat16 --max-model-len 4096); CFG=benchmarks/model-configs/qwen3-0.6b
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; } > $R/env.txt
+cold() {
+  port=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  start=$(date +%s.%N)
+  INFERD_KERNEL_WARMUP=debug python3 -m inferd serve $CFG "${COMMON[@]}" --port $port --host 127.0.0.1 > $R/serve_$1.log 2>&1 &
+  pid=$!
+  for _ in $(seq 1 900); do curl -sf http://127.0.0.1:$port/health >/dev/null 2>&1 && break; sleep 0.1; done
+  echo "$1: cold start to ready $(python3 -c "import time; print(round(time.time() - $start, 1))") s" | tee -a $R/summary.txt
+  kill -TERM $pid; wait $pid
+}
+cold fresh
+for i in 1 2; do rm -rf ~/.triton/cache; cold tritoncold$i; done
+cold warm
+timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_kernel_warmup_gpu.py > $R/tests.txt 2>&1; tail -1 $R/tests.txt >> $R/summary.txt
+PDL16=(python3 -c "import sys, inferd.kernels.pdl as p; p.MAX_GRAPH_BATCH = 16; from inferd.cli import main; sys.exit(main(sys.argv[1:]))")
+for v in base pdl16 base pdl16; do
+  run=(python3 -m inferd); [[ $v == pdl16 ]] && run=("${PDL16[@]}")
+  timeout 120 "${run[@]}" bench latency $CFG "${COMMON[@]}" --batch-size 1 8 16 32 64 --output-json $R/lat_$v.json > $R/lat_$v.log 2>&1
+  grep "latency:" $R/lat_$v.log | sed "s/^/$v /" >> $R/summary.txt
+  timeout 90 "${run[@]}" bench throughput $CFG "${COMMON[@]}" --output-json $R/thr_$v.json > $R/thr_$v.log 2>&1
+  grep "throughput:" $R/thr_$v.log | sed "s/^/$v /" >> $R/summary.txt
+done
+tar czf $OUT/r.tgz -C $OUT r
