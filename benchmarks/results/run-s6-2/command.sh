@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Session 6, call 2 (nvidia-h100-x1, fresh machine): working tree (L2 prefetch in the norm kernel, warm-up timings).
+# The tree it ran: 724a21c plus tree.diff (the L2 prefetch was not landed; the warm-up timings were, in e573682).
 R=$OUT/r; mkdir -p $R; cp gpu_call.sh $R/command.sh
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
