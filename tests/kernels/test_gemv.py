@@ -557,9 +557,8 @@ def test_split_k_is_deterministic_on_gpu(shape: tuple[int, int], m: int) -> None
     program's partials. A stale read shows up as a run-to-run difference or an error vs the unsplit kernel."""
     k, n = shape
     cfg = triton_gemv.pick_config(m, n, k, torch.bfloat16, triton_gemv._sm_count(torch.device("cuda")))
-    if (
-        cfg.split_k(k) == 1
-    ):  # small weights take whole-K programs: split them here (shorter K blocks if need be)
+    if cfg.split_k(k) == 1:
+        # Small weights take whole-K programs: split them here (with shorter K blocks if need be).
         block_k = min(cfg.block_k, triton.next_power_of_2(k) // 4)
         cfg = replace(cfg, block_k=block_k, k_split=max(block_k, k // 4 // block_k * block_k))
     assert cfg.split_k(k) > 1

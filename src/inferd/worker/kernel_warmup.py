@@ -92,8 +92,8 @@ def spec_for(args: EngineArgs) -> dict[str, Any] | None:
 # The decode-graph buckets by the kernel variants they compile: batch 1 (the skinny GEMM's FMA path), 2-16 (its
 # tensor-core path; both with PDL: pdl.MAX_GRAPH_BATCH), larger (no PDL; cuBLAS above 16 rows). Given enough cores,
 # each group is compiled by a process of its own; with more, the slowest groups are split further: 2-16 and 17+
-# each compile ~6 s of kernels serially (s6-3), so 9-16 (the 16-row GEMV tiles) and 17-32 (the split attention
-# without PDL) get their own processes.
+# each compile ~6 s of kernels serially (benchmarks/results/run-s6-3), so 9-16 (the 16-row GEMV tiles) and 17-32
+# (the split attention without PDL) get their own processes.
 _DECODE_GROUPS = ((1, 1), (2, 16), (17, 1 << 30))
 _DECODE_GROUPS_MANY_CPUS = ((1, 1), (2, 8), (9, 16), (17, 32), (33, 1 << 30))
 _MIN_CPUS_FOR_GROUPS = 8
@@ -113,6 +113,9 @@ def parts(spec: dict[str, Any]) -> list[dict[str, Any]]:
         return [*out, {"part": "decode"}]
     groups = _DECODE_GROUPS_MANY_CPUS if cpus >= _MIN_CPUS_FOR_MORE_GROUPS else _DECODE_GROUPS
     return [*out, *({"part": "decode", "buckets": list(group)} for group in groups)]
+
+
+_STARTED: dict[int, tuple[str, float]] = {}  # pid -> (part label, time.perf_counter() at start)
 
 
 def start(args: EngineArgs) -> list[subprocess.Popen[bytes]] | None:
@@ -150,9 +153,6 @@ def _label(part: dict[str, Any]) -> str:
         return str(part["part"])
     low, high = buckets
     return f"{part['part']} {low}" + ("" if high == low else f"-{high}" if high < 1 << 30 else "+")
-
-
-_STARTED: dict[int, tuple[str, float]] = {}  # pid -> (part label, time.perf_counter() at start)
 
 
 def finish(procs: list[subprocess.Popen[bytes]] | None, timeout: float = 120.0) -> None:
