@@ -29,10 +29,10 @@ import os
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 from typing import Any
 
 from inferd.config import EngineArgs
+from inferd.models.native_config import NativeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -115,9 +115,6 @@ def parts(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [*out, *({"part": "decode", "buckets": list(group)} for group in groups)]
 
 
-_STARTED: dict[int, tuple[str, float]] = {}  # pid -> (part label, time.perf_counter() at start)
-
-
 def start(args: EngineArgs) -> list[subprocess.Popen[bytes]] | None:
     """Start the warm-up processes for ``args`` (one per entry of :func:`parts`, compiling in parallel; see the
     module docstring); None when the warm-up does not apply. ``INFERD_KERNEL_WARMUP=debug`` lets them print to
@@ -142,7 +139,6 @@ def start(args: EngineArgs) -> list[subprocess.Popen[bytes]] | None:
             )
         except OSError:
             break
-        _STARTED[proc.pid] = (_label(part), time.perf_counter())
         procs.append(proc)
     return procs or None
 
@@ -160,10 +156,10 @@ def finish(procs: list[subprocess.Popen[bytes]] | None, timeout: float = 120.0) 
     each ran."""
     if not procs:
         return
-    start_time = time.perf_counter()
+    start_time = time.time()
     ended: dict[int, float] = {}
     while len(ended) < len(procs):
-        now = time.perf_counter()
+        now = time.time()
         for proc in procs:
             if proc.pid not in ended and proc.poll() is not None:
                 ended[proc.pid] = now
@@ -176,17 +172,27 @@ def finish(procs: list[subprocess.Popen[bytes]] | None, timeout: float = 120.0) 
         time.sleep(0.005)
     runs = []
     for proc in procs:
-        label, began = _STARTED.pop(proc.pid, ("?", start_time))
-        runs.append(f"{label} {ended[proc.pid] - began:.1f} s (exit {proc.returncode})")
+        spec = _spec_of(proc)
+        ran = ended[proc.pid] - spec.get("launched", start_time)
+        runs.append(f"{_label(spec) if 'part' in spec else '?'} {ran:.1f} s (exit {proc.returncode})")
     logger.info(
         "Kernel warm-up processes done after %.1f s more: %s",
-        time.perf_counter() - start_time,
+        time.time() - start_time,
         ", ".join(runs),
     )
 
 
-def _one_layer_config(raw: dict[str, Any]) -> SimpleNamespace:
-    cfg = SimpleNamespace(**raw)
+def _spec_of(proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """The spec a process of :func:`start` was given (its last argument), or {} for any other process."""
+    try:
+        spec = json.loads(proc.args[-1])  # type: ignore[index]
+    except (TypeError, ValueError, IndexError):
+        return {}
+    return spec if isinstance(spec, dict) else {}
+
+
+def _one_layer_config(raw: dict[str, Any]) -> NativeConfig:
+    cfg = NativeConfig(raw)
     cfg.num_hidden_layers = 1
     if isinstance(getattr(cfg, "layer_types", None), list):
         cfg.layer_types = cfg.layer_types[:1]
@@ -237,7 +243,7 @@ def run(spec: dict[str, Any]) -> None:
         model=args.model,
         path=args.model,
         load_format="dummy",
-        hf_config=hf_config,  # type: ignore[arg-type]
+        hf_config=hf_config,
         checkpoint_dtype=dtype,
         gguf_file=None,
         tokenizer=None,
