@@ -64,8 +64,10 @@ class VocabEmbedding(_VocabShard):
 
 
 class LMHead(_VocabShard):
-    """Hidden states [num_tokens, embedding_dim] -> float32 logits [num_tokens, num_embeddings], whole on
-    every rank (each rank computes its vocabulary part in the model dtype, then they are all-gathered).
+    """Hidden states [num_tokens, embedding_dim] -> logits [num_tokens, num_embeddings] in the model dtype, whole
+    on every rank (each rank computes its vocabulary part, then they are all-gathered). They stay in the model
+    dtype: the sampler reads any float dtype (and works on a float32 copy only where a stage modifies them), and
+    a float32 copy would cost one more pass over [num_tokens, vocab] per step.
 
     With ``tie_to`` the head shares that embedding's (sharded) weight Parameter (no own weight to load).
     """
@@ -81,10 +83,10 @@ class LMHead(_VocabShard):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return kernels.linear(hidden_states, self.weight).float()
+            return kernels.linear(hidden_states, self.weight)
         local = kernels.linear(hidden_states, self.weight)  # [num_tokens, part]
         logits = tp_all_gather(local, dim=-1)  # [num_tokens, tp * part]
-        return logits[..., : self.num_embeddings].float().contiguous()
+        return logits[..., : self.num_embeddings].contiguous()
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, tied={self.tied}"

@@ -247,7 +247,7 @@ class DecoderForCausalLM(nn.Module):
         return self.model(input_ids, positions, attn_metadata)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """hidden_states: [num_rows, hidden] -> float32 logits [num_rows, vocab_size]."""
+        """hidden_states: [num_rows, hidden] -> logits [num_rows, vocab_size] in the model dtype."""
         return self.lm_head(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
