@@ -115,6 +115,91 @@ def test_triton_draws_are_deterministic_per_seed() -> None:
 
 
 @needs_triton
+@pytest.mark.parametrize(("rows", "splits", "max_splits"), [(1, 1, 1), (3, 5, 5), (4, 3, 37), (2, 64, 64)])
+def test_pick_is_argmax_then_gather_first_split_on_ties(rows: int, splits: int, max_splits: int) -> None:
+    from inferd.kernels import triton_sampling
+
+    device = _device()
+    g = torch.Generator().manual_seed(rows * splits)
+    best_val = torch.randint(-3, 3, (rows, splits), generator=g).float()  # few values: many ties
+    best_val[0, splits // 2 :] = 9.0  # tie between the middle split and the ones after it
+    if rows > 2:
+        best_val[2] = float("-inf")  # a row with no finite score: split 0, as torch.argmax
+    best_idx = torch.randint(0, 2**31 - 1, (rows, splits), generator=g, dtype=torch.int32)
+    best_val, best_idx = best_val.to(device), best_idx.to(device)
+    want = best_idx.gather(1, best_val.argmax(dim=1, keepdim=True)).squeeze(1).to(torch.int64)
+    got = triton_sampling._pick(best_val, best_idx, max_splits, None)
+    assert got.dtype == torch.int64 and torch.equal(got, want)
+
+
+@needs_triton
+def test_triton_ties_across_splits_pick_the_first_token_as_the_reference() -> None:
+    from inferd.kernels import triton_sampling
+
+    device = _device()
+    rows, vocab = 3, 3 * 4096 + 5  # small batches split the vocabulary: several 4096-column splits per row
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(21)).clamp(max=4.0)
+    logits[0, [100, 5000, 9000]] = 5.0  # equal maxima in splits 0, 1 and 2
+    logits[1, [4200, vocab - 1]] = 7.0  # in splits 1 and 3, none in split 0
+    logits[2] = 0.0  # every score ties
+    temperature = torch.tensor([1.0, 0.5, 2.0])
+    q = torch.ones(rows, vocab)  # log q = 0: scores are logits / T, ties stay ties
+    logits, temperature, q = logits.to(device), temperature.to(device), q.to(device)
+    got = triton_sampling.temperature_race_sample(logits, temperature, q)
+    assert got.cpu().tolist() == [100, 4200, 0]
+    assert torch.equal(got.cpu(), reference.temperature_race_sample(logits, temperature, q).cpu())
+
+
+@needs_triton
+def test_triton_advance_seed_steps_the_given_seed_only_when_asked() -> None:
+    from inferd.kernels import triton_sampling
+
+    device = _device()
+    logits = torch.zeros(4, 6000, device=device)  # flat: the token is decided by the random draws alone
+    temperature = torch.ones(4, device=device)
+    sample = triton_sampling.temperature_race_sample
+    state = _seed(1000, device)
+    first = sample(logits, temperature, seed=state, advance_seed=True)
+    assert int(state.item()) == (1000 + triton_sampling._SEED_STEP) & triton_sampling._SEED_MASK
+    second = sample(logits, temperature, seed=state, advance_seed=True)
+    assert not torch.equal(first, second)
+    # The draws of a call are those of an explicit seed equal to the state it read.
+    assert torch.equal(first, sample(logits, temperature, seed=_seed(1000, device)))
+    given = _seed(123, device)
+    once = sample(logits, temperature, seed=given)
+    assert torch.equal(sample(logits, temperature, seed=given), once)
+    assert given.item() == 123
+    with pytest.raises(ValueError, match="advance_seed"):
+        sample(logits, temperature, advance_seed=True)
+
+
+def test_sampler_seed_follows_torch_manual_seed_and_advances() -> None:
+    """The sampler's seed comes from torch's generator at its first random batch and changes at every call, so
+    two samplers after the same ``torch.manual_seed`` draw the same tokens, step after step (either backend)."""
+    from inferd.layers.sampler import Sampler
+    from inferd.sampling_params import SamplingParams
+    from inferd.worker.sampling_batch import SamplingBatch
+
+    device = _device()
+    logits = torch.zeros(4, 5000, device=device)
+
+    batch = SamplingBatch(5000, torch.device(device))
+    for i in range(4):
+        batch.add_request(f"r{i}", SamplingParams(temperature=1.0), [0], [], None)
+    ids = [f"r{i}" for i in range(4)]
+
+    def run(manual_seed: int) -> list[list[int]]:
+        torch.manual_seed(manual_seed)
+        sampler = Sampler()
+        return [sampler(logits, batch.make_metadata(ids)).sampled_token_ids.tolist() for _ in range(2)]
+
+    a = run(7)
+    assert a[0] != a[1]
+    assert run(7) == a
+    assert run(8) != a
+
+
+@needs_triton
 def test_triton_draws_do_not_depend_on_the_split_layout() -> None:
     from inferd.kernels import triton_sampling
 

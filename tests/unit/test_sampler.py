@@ -145,9 +145,9 @@ def test_temperature_only_sampling_passes_the_logits_uncopied(
     seen: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
     race = kernels.temperature_race_sample
 
-    def spy(logits, temperature, q=None, q_rows=None, seed=None):  # type: ignore[no-untyped-def]
+    def spy(logits, temperature, q=None, q_rows=None, seed=None, advance_seed=False):  # type: ignore[no-untyped-def]
         seen.append((logits, q, q_rows))
-        return race(logits, temperature, q, q_rows, seed)
+        return race(logits, temperature, q, q_rows, seed, advance_seed)
 
     monkeypatch.setattr(kernels, "temperature_race_sample", spy)
     logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(14)).bfloat16().to(device)
@@ -168,6 +168,32 @@ def test_temperature_only_sampling_passes_the_logits_uncopied(
     _, q, q_rows = seen[-1]
     assert q is not None and q.shape == (1, 50)  # only the seeded row's draws
     assert q_rows is not None and q_rows.cpu().tolist() == [-1, 0, -1]
+
+
+def test_temperature_reaches_the_kernel_as_given_without_greedy_rows(
+    device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inferd import kernels
+
+    seen: list[torch.Tensor] = []
+    race = kernels.temperature_race_sample
+
+    def spy(logits, temperature, q=None, q_rows=None, seed=None, advance_seed=False):  # type: ignore[no-untyped-def]
+        seen.append(temperature)
+        return race(logits, temperature, q, q_rows, seed, advance_seed)
+
+    monkeypatch.setattr(kernels, "temperature_race_sample", spy)
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(15)).to(device)
+    batch, ids = make_batch(device, [SamplingParams(temperature=0.7), SamplingParams(temperature=1.2)], 50)
+    md = batch.make_metadata(ids)
+    assert md.all_random
+    Sampler()(logits, md)
+    assert seen[-1] is md.temperature  # no greedy row: no torch.where on the temperatures
+
+    batch, ids = make_batch(device, [SamplingParams(temperature=0.0), SamplingParams(temperature=1.2)], 50)
+    md = batch.make_metadata(ids)
+    Sampler()(logits, md)
+    assert seen[-1].cpu().tolist() == pytest.approx([1.0, 1.2])  # the greedy row's 0 is replaced
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])

@@ -25,6 +25,7 @@ _NAMES = (
     "silu_and_mul_linear",
     "qk_norm_rope_store",
     "temperature_race_sample",
+    "decode_advance",
 )
 
 store_kv_cache = reference.store_kv_cache
@@ -37,6 +38,7 @@ linear = reference.linear
 silu_and_mul_linear = reference.silu_and_mul_linear
 qk_norm_rope_store = reference.qk_norm_rope_store
 temperature_race_sample = reference.temperature_race_sample
+decode_advance = reference.decode_advance
 backend = "torch"
 
 
@@ -60,7 +62,10 @@ def select_backend(device_type: str) -> str:
         from inferd.kernels import triton_attention, triton_fused, triton_gemv, triton_ops, triton_sampling
 
         _install(triton_attention, ("store_kv_cache", "paged_attention"))
-        _install(triton_ops, ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding"))
+        _install(
+            triton_ops,
+            ("rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding", "decode_advance"),
+        )
         skinny = os.environ.get("INFERD_SKINNY_GEMM", "1") != "0"
         globals()["linear"] = triton_gemv.dispatch_linear if skinny else reference.linear
         fused_mlp = triton_gemv.dispatch_silu_and_mul_linear if skinny else _unfused_silu_and_mul_linear
@@ -93,6 +98,7 @@ def _install(module: ModuleType, names: tuple[str, ...]) -> None:
 
 
 __all__ = [
+    "decode_advance",
     "fused_add_rms_norm",
     "linear",
     "paged_attention",

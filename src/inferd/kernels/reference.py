@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "decode_advance",
     "fused_add_rms_norm",
     "linear",
     "paged_attention",
@@ -277,12 +278,74 @@ def _check_qkv_shapes(
         )
 
 
+def decode_advance(
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    seq_lens: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    next_ids: torch.Tensor,
+    next_slots: torch.Tensor,
+) -> None:
+    """One decode step further, in place, for the first ``n = next_ids.shape[0]`` sequences:
+    ``input_ids[:n] = next_ids``, ``slot_mapping[:n] = next_slots``, ``positions[:n] += 1``, ``seq_lens[:n] += 1``.
+
+    input_ids, positions, slot_mapping: [>= n] int64; seq_lens: [>= n] int32 (all contiguous, written in place;
+    entries from ``n`` on are untouched); next_ids, next_slots: [n] int64 (the sampled tokens and their KV slots).
+    All on one device. Raises ``ValueError`` on other shapes, dtypes or devices.
+    """
+    n = _check_decode_advance(input_ids, positions, seq_lens, slot_mapping, next_ids, next_slots)
+    input_ids[:n].copy_(next_ids)
+    slot_mapping[:n].copy_(next_slots)
+    positions[:n].add_(1)
+    seq_lens[:n].add_(1)
+
+
+def _check_decode_advance(
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    seq_lens: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    next_ids: torch.Tensor,
+    next_slots: torch.Tensor,
+) -> int:
+    """Validates :func:`decode_advance`'s arguments; returns n."""
+    if next_ids.dim() != 1 or next_slots.shape != next_ids.shape:
+        raise ValueError(
+            f"next_ids and next_slots must both be [n]; got {tuple(next_ids.shape)} and {tuple(next_slots.shape)}"
+        )
+    n = next_ids.shape[0]
+    tensors = {
+        "input_ids": (input_ids, torch.int64),
+        "positions": (positions, torch.int64),
+        "seq_lens": (seq_lens, torch.int32),
+        "slot_mapping": (slot_mapping, torch.int64),
+        "next_ids": (next_ids, torch.int64),
+        "next_slots": (next_slots, torch.int64),
+    }
+    for name, (t, dtype) in tensors.items():
+        if t.dtype != dtype:
+            raise ValueError(f"decode_advance: {name} must be {dtype}; got {t.dtype}")
+        if t.device != input_ids.device:
+            raise ValueError(
+                f"decode_advance: {name} is on {t.device}, input_ids on {input_ids.device}; use one device"
+            )
+        if name.startswith("next_"):
+            continue
+        if t.dim() != 1 or t.shape[0] < n or t.stride(0) != 1:
+            raise ValueError(
+                f"decode_advance: {name} must be a contiguous 1-D buffer of at least n = {n} entries; got shape "
+                f"{tuple(t.shape)}, strides {t.stride()}"
+            )
+    return n
+
+
 def temperature_race_sample(
     logits: torch.Tensor,
     temperature: torch.Tensor,
     q: torch.Tensor | None = None,
     q_rows: torch.Tensor | None = None,
     seed: torch.Tensor | None = None,
+    advance_seed: bool = False,
 ) -> torch.Tensor:
     """Exponential-race sampling: logits [B, V] float (any float dtype, read as float32), temperature [B] (> 0)
     → token ids [B] int64 = ``argmax_v(logits / T − log(max(q, tiny)))`` = ``argmax(softmax(logits / T) / q)``
@@ -291,8 +354,10 @@ def temperature_race_sample(
     Where q comes from: ``q`` [G, V] float32 Exp(1) draws for the rows that bring their own (seeded requests);
     ``q_rows`` [B] int32 maps row b to ``q[q_rows[b]]``, or −1 to draw its own. Without ``q_rows``, ``q`` must be
     [B, V] (row b uses ``q[b]``); without ``q``, every row draws its own. Rows that draw use the backend's
-    generator: here torch's default one for the device (``seed`` is unused), in the Triton kernel Philox keyed by
-    ``seed`` ([1] int64 on the device; a fresh random one when None). Only the distribution is common to both.
+    generator: here torch's default one for the device (``seed`` and ``advance_seed`` are unused), in the Triton
+    kernel Philox keyed by ``seed`` ([1] int64 on the device; a fresh random one when None), which ``advance_seed``
+    steps in place after the draws (so a caller keeping one seed tensor draws anew at every call). Only the
+    distribution is common to both.
     """
     tiny = torch.finfo(torch.float32).tiny
     if q is not None and q.shape[0] == 0:

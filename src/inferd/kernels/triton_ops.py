@@ -1,4 +1,5 @@
-"""Triton elementwise kernels: RMSNorm (optionally fused with the residual add), SiLU-and-mul, rotary embedding.
+"""Triton elementwise kernels: RMSNorm (optionally fused with the residual add), SiLU-and-mul, rotary embedding,
+and the decode-step advance of the runner's input buffers.
 
 Same signatures and contracts as ``inferd.kernels.reference``. Each kernel makes one pass over memory with float32
 math and rounds once to the output dtype; inputs may be row-strided views (e.g. slices of a fused projection) as
@@ -12,9 +13,11 @@ import triton
 import triton.language as tl
 
 from inferd.kernels import pdl
+from inferd.kernels.reference import _check_decode_advance
 from inferd.kernels.triton_pdl import wait_and_release
 
 _TILE_ELEMS = 4096  # elements per program for the row-wise kernels
+_ADVANCE_BLOCK = 256  # sequences per program of decode_advance
 
 
 @triton.jit(do_not_specialize=["n_rows"])
@@ -266,3 +269,52 @@ def rotary_embedding(
         num_warps=4,
     )
     return query, key
+
+
+@triton.jit(do_not_specialize=["n"])
+def _decode_advance_kernel(
+    input_ids_ptr,
+    positions_ptr,
+    seq_lens_ptr,
+    slot_ptr,
+    next_ids_ptr,
+    next_slots_ptr,
+    n,
+    BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    wait_and_release(USE_PDL)
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < n
+    tl.store(input_ids_ptr + i, tl.load(next_ids_ptr + i, mask=mask), mask=mask)
+    tl.store(slot_ptr + i, tl.load(next_slots_ptr + i, mask=mask), mask=mask)
+    tl.store(positions_ptr + i, tl.load(positions_ptr + i, mask=mask) + 1, mask=mask)
+    tl.store(seq_lens_ptr + i, tl.load(seq_lens_ptr + i, mask=mask) + 1, mask=mask)
+
+
+def decode_advance(
+    input_ids: torch.Tensor,  # [>= n] int64
+    positions: torch.Tensor,  # [>= n] int64
+    seq_lens: torch.Tensor,  # [>= n] int32
+    slot_mapping: torch.Tensor,  # [>= n] int64
+    next_ids: torch.Tensor,  # [n] int64
+    next_slots: torch.Tensor,  # [n] int64
+) -> None:
+    """In place, for i < n: ``input_ids[i] = next_ids[i]``, ``slot_mapping[i] = next_slots[i]``, ``positions[i]``
+    and ``seq_lens[i]`` one further; one kernel instead of four. ``n`` is not specialized: one compiled variant
+    serves every batch size."""
+    n = _check_decode_advance(input_ids, positions, seq_lens, slot_mapping, next_ids, next_slots)
+    if n == 0:
+        return
+    _decode_advance_kernel[(triton.cdiv(n, _ADVANCE_BLOCK),)](
+        input_ids,
+        positions,
+        seq_lens,
+        slot_mapping,
+        next_ids.contiguous(),
+        next_slots.contiguous(),
+        n,
+        BLOCK=_ADVANCE_BLOCK,
+        num_warps=4,
+        **pdl.launch_kwargs(input_ids.device),
+    )

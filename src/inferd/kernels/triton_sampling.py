@@ -5,10 +5,12 @@ log(max(q[b, v], tiny)))``, i.e. ``argmax(softmax(logits / T) / q)`` without mat
 Exp(1) per token. Rows given a ``q`` row (seeded requests) read it; the other rows draw their q inside the kernel
 from Philox-4x32-10 keyed by the 64-bit ``seed`` tensor (counter = (column quad, row): a token's draw depends on
 seed, row and column only), so the common case reads the logits once (any float dtype, converted to float32 in
-registers) and nothing else. The seed is read from device memory: a fresh one per call costs no host sync and
-replays correctly inside a CUDA graph. Drawn rows score in log2 units with the MUFU ``lg2.approx`` on NVIDIA GPUs;
-rows given q use ``log`` as the reference does (bit-equal on CPU). The vocabulary is split across programs and the
-per-split winners are reduced on the device.
+registers) and nothing else. The seed is read from device memory, so a call costs no host sync and replays
+correctly inside a CUDA graph; with ``advance_seed`` the pick kernel steps it in place after the race has read it
+(a Weyl step mod 2^62), so a caller that keeps one seed tensor draws new numbers at every call without launching a
+``randint`` (the sampler does). Drawn rows score in log2 units with the MUFU ``lg2.approx`` on NVIDIA GPUs; rows
+given q use ``log`` as the reference does (bit-equal on CPU). The vocabulary is split across programs; a second,
+one-program-per-row kernel picks each row's winning split.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ _SUB_V = 1024  # columns per sub-block; each Philox call (one per lane) draws fo
 _BLOCK_V = 4 * _SUB_V
 _TINY = float(torch.finfo(torch.float32).tiny)
 _SEED_HIGH = 2**62
+_SEED_STEP = 0x1E3779B97F4A7C15  # odd: seed ← (seed + step) mod 2^62 visits every value before repeating
+_SEED_MASK = _SEED_HIGH - 1
 # q row modes (constexpr): every row draws in the kernel / row b reads q[b] / row b reads q[q_rows[b]] when >= 0.
 _DRAW_ALL, _Q_ALL, _Q_ROWS = 0, 1, 2
 
@@ -174,6 +178,60 @@ def _race_kernel(
     tl.store(best_idx_ptr + row * n_splits + split, idx)
 
 
+@triton.jit(do_not_specialize=["n_splits"])
+def _race_pick_kernel(
+    best_val_ptr,
+    best_idx_ptr,
+    out_ptr,
+    seed_ptr,
+    n_splits,
+    BLOCK: tl.constexpr,
+    ADVANCE_SEED: tl.constexpr,
+    USE_PDL: tl.constexpr,
+):
+    """Row ``row``'s token: ``best_idx[row, s]`` of the first split ``s`` holding the row's largest ``best_val``
+    (``torch.argmax`` then ``gather``), stored as int64. ``ADVANCE_SEED``: program 0 also steps the seed."""
+    wait_and_release(USE_PDL)
+    row = tl.program_id(0)
+    splits = tl.arange(0, BLOCK)
+    mask = splits < n_splits
+    base = row.to(tl.int64) * n_splits
+    vals = tl.load(best_val_ptr + base + splits, mask=mask, other=float("-inf"))  # [BLOCK]
+    best = tl.max(vals, 0)
+    winner = tl.min(tl.where(mask & (vals == best), splits, BLOCK), 0)
+    idx = tl.load(best_idx_ptr + base + winner)
+    tl.store(out_ptr + row, idx.to(tl.int64))
+    if ADVANCE_SEED:
+        if row == 0:
+            # (seed + _SEED_STEP) & _SEED_MASK: seed < 2^62, so the sum fits in int64 (no wrapping, no multiply).
+            seed = tl.load(seed_ptr)
+            tl.store(seed_ptr, (seed + 0x1E3779B97F4A7C15) & 0x3FFFFFFFFFFFFFFF)
+
+
+def _pick(
+    best_val: torch.Tensor, best_idx: torch.Tensor, max_splits: int, advance: torch.Tensor | None
+) -> torch.Tensor:
+    """best_val [B, S] float32, best_idx [B, S] int32 (contiguous) → ``best_idx[b, argmax_s best_val[b, s]]``
+    [B] int64, the first split among equal maxima. ``max_splits`` ≥ S sizes the kernel's block (one compiled
+    variant per vocabulary, whatever the split count). ``advance``: a [1] int64 seed stepped in place."""
+    n_rows, n_splits = best_val.shape
+    out = torch.empty(n_rows, dtype=torch.int64, device=best_val.device)
+    if n_rows == 0:
+        return out
+    _race_pick_kernel[(n_rows,)](
+        best_val,
+        best_idx,
+        out,
+        out if advance is None else advance,  # unread placeholder without a seed to advance
+        n_splits,
+        BLOCK=triton.next_power_of_2(max(max_splits, n_splits)),
+        ADVANCE_SEED=advance is not None,
+        num_warps=1,
+        **pdl.launch_kwargs(best_val.device),
+    )
+    return out
+
+
 def _fast_log(device: torch.device) -> bool:
     """The PTX ``lg2.approx`` path needs an NVIDIA GPU (not the interpreter, not ROCm)."""
     return (
@@ -187,12 +245,16 @@ def temperature_race_sample(
     q: torch.Tensor | None = None,
     q_rows: torch.Tensor | None = None,
     seed: torch.Tensor | None = None,
+    advance_seed: bool = False,
 ) -> torch.Tensor:
     """logits [B, V] float, temperature [B] (> 0), q [G, V] Exp(1) draws or None, q_rows [B] int32 or None,
-    seed [1] int64 or None → token ids [B] int64 (see ``reference.temperature_race_sample``).
+    seed [1] int64 (in [0, 2^62)) or None → token ids [B] int64 (see ``reference.temperature_race_sample``).
 
     Rows without a q row draw Philox from ``seed`` (a fresh ``torch.randint`` on the device when None): the same
-    seed gives the same tokens, independently of how the vocabulary is split across programs.
+    seed gives the same tokens, independently of how the vocabulary is split across programs. ``advance_seed``
+    steps the given ``seed`` in place on the device once the draws have read it, so the next call with the same
+    tensor draws new numbers (no host sync, no extra kernel, CUDA-graph safe); otherwise it is not modified. Two
+    kernels: the race over vocabulary splits, then the per-row pick of the winning split.
     """
     n_rows, vocab = logits.shape
     device = logits.device
@@ -210,11 +272,15 @@ def temperature_race_sample(
         mode = _Q_ROWS
     if q is not None and q.stride(-1) != 1:
         q = q.contiguous()
+    if advance_seed and seed is None:
+        raise ValueError("advance_seed needs a seed tensor to advance")
+    advance = seed if advance_seed else None
     if mode != _Q_ALL and seed is None:
         seed = torch.randint(0, _SEED_HIGH, (1,), dtype=torch.int64, device=device)
     n_sm = torch.cuda.get_device_properties(device).multi_processor_count if logits.is_cuda else 8
     target_splits = max(1, (4 * n_sm + n_rows - 1) // max(n_rows, 1))
-    n_splits = max(1, min(target_splits, triton.cdiv(vocab, _BLOCK_V)))
+    max_splits = triton.cdiv(vocab, _BLOCK_V)
+    n_splits = max(1, min(target_splits, max_splits))
     cols_per_split = triton.cdiv(triton.cdiv(vocab, n_splits), _BLOCK_V) * _BLOCK_V
     n_splits = triton.cdiv(vocab, cols_per_split)
     best_val = torch.empty((n_rows, n_splits), dtype=torch.float32, device=device)
@@ -240,5 +306,4 @@ def temperature_race_sample(
         num_warps=8,
         **pdl.launch_kwargs(device),
     )
-    winner = best_val.argmax(dim=1, keepdim=True)  # [B, 1]: first split holding the maximum
-    return best_idx.gather(1, winner).squeeze(1).to(torch.int64)
+    return _pick(best_val, best_idx, max_splits, advance)

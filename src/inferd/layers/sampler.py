@@ -77,7 +77,20 @@ class SamplerOutput:
 
 
 class Sampler(torch.nn.Module):
-    """Samples one token per row. Never modifies ``logits``; makes no host sync except per seeded row draws."""
+    """Samples one token per row. Never modifies ``logits``; makes no host sync except per seeded row draws.
+
+    Unseeded rows' random draws are keyed by one seed tensor the sampler keeps on the logits' device (drawn from
+    torch's default generator at the first random batch, so ``torch.manual_seed`` makes a run reproducible) and
+    the kernel steps it on the device at every call (no ``randint`` per step)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seed: torch.Tensor | None = None  # [1] int64 in [0, 2^62)
+
+    def _draw_seed(self, device: torch.device) -> torch.Tensor:
+        if self._seed is None or self._seed.device != device:
+            self._seed = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
+        return self._seed
 
     def forward(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
         """``logits`` [B, V] (any float dtype) → sampled token ids [B] and, if asked, their raw logprobs."""
@@ -106,7 +119,7 @@ class Sampler(torch.nn.Module):
             sampled = logits.argmax(dim=-1)
         else:
             greedy = None if metadata.all_random else logits.argmax(dim=-1)
-            sampled = _sample_random(logits, metadata)
+            sampled = _sample_random(logits, metadata, self._draw_seed(logits.device))
             if greedy is not None:
                 sampled = torch.where(metadata.temperature == 0.0, greedy, sampled)
 
@@ -195,14 +208,17 @@ def _top_k_first(
     logits.fill_(float("-inf")).scatter_(dim=-1, index=top_idx, src=top_vals)
 
 
-def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Tensor:
+def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata, seed: torch.Tensor) -> torch.Tensor:
     """Temperature → min-p → top-k/top-p → exponential race: ``argmax(softmax(logits / T) / q)``, q ~ Exp(1)
     per token. ``logits`` [B, V] (float32 when a filter is on, else any float dtype) is modified only when a filter
     is on; with temperature alone one fused kernel reads it once.
 
     Seeded rows draw their q rows from their own generators into a compact [G, V] tensor (``q_rows`` maps each
-    row to its q row, −1 for none); the other rows draw inside the kernel, so an unseeded batch allocates no q."""
-    temperature = torch.where(metadata.temperature == 0.0, 1.0, metadata.temperature)  # [B]
+    row to its q row, −1 for none); the other rows draw inside the kernel, keyed by ``seed`` (the sampler's [1]
+    int64 tensor, stepped on the device by the call), so an unseeded batch allocates no q."""
+    temperature = metadata.temperature  # [B]
+    if not metadata.all_random:  # greedy rows (T = 0, replaced by their argmax later) get any valid T
+        temperature = torch.where(temperature == 0.0, 1.0, temperature)
     if not (metadata.no_min_p and metadata.no_top_k and metadata.no_top_p):
         logits.div_(temperature.unsqueeze(1))
         temperature = torch.ones_like(temperature)
@@ -224,7 +240,7 @@ def _sample_random(logits: torch.Tensor, metadata: SamplingMetadata) -> torch.Te
                 )
                 logits.index_copy_(0, rows, sub)
     q, q_rows = _seeded_draws(logits, metadata.generators)
-    return kernels.temperature_race_sample(logits, temperature, q, q_rows)
+    return kernels.temperature_race_sample(logits, temperature, q, q_rows, seed, advance_seed=True)
 
 
 def _seeded_draws(

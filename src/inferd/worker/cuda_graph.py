@@ -9,6 +9,7 @@ import time
 import numpy as np
 import torch
 
+from inferd import kernels
 from inferd.kernels import pdl
 from inferd.layers.attention_metadata import AttentionMetadata
 
@@ -145,10 +146,7 @@ class CudaGraphRunner:
         """The next decode step of the batch last given to :meth:`run`: ``input_ids`` [n] and ``slots`` [n] on the
         device (the tokens just sampled and their KV slots), positions and context lengths one further."""
         n, bs = self._n, self._bs
-        self.slot_mapping[:n].copy_(slots)
-        self.input_ids[:n].copy_(input_ids)
-        self.positions[:n] += 1
-        self.seq_lens[:n] += 1
+        kernels.decode_advance(self.input_ids, self.positions, self.seq_lens, self.slot_mapping, input_ids, slots)
         graph, out = self.graphs[bs]
         graph.replay()
         return out[:n]
