@@ -124,11 +124,15 @@ def check_attention(
     num_pad_tokens: int = 0,
     max_query_len: int | None = None,
     max_seq_len: int | None = None,
+    longest_first: bool = False,
 ) -> None:
     device, dtype, tol = cfg
     batch = make_attention_batch(
         query_lens, seq_lens, num_heads, num_kv_heads, head_dim, block_size, num_pad_tokens, dtype, device
     )
+    if longest_first:  # the decode launch order the CUDA-graph runner passes
+        order = sorted(range(len(seq_lens)), key=lambda b: -seq_lens[b])
+        batch["seq_order"] = torch.tensor(order, dtype=torch.int32, device=device)
     # Larger max_query_len / max_seq_len than the batch's are upper bounds, as CUDA-graph replays pass.
     hints = {
         "max_query_len": max_query_len or max(query_lens),
@@ -172,10 +176,29 @@ def test_paged_attention_padding_rows_and_bounds(cfg, case: str) -> None:
     )
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_paged_attention_decode_in_longest_first_order(
+    cfg, split: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``seq_order`` only changes which program serves which sequence: same output, padded or split."""
+    if split:
+        monkeypatch.setattr(triton_attention, "MIN_SPLIT_TOKENS", 16)
+        monkeypatch.setattr(triton_attention, "UNSPLIT_MAX_SEQ_LEN", 16)
+    check_attention(cfg, [1] * 5, [3, 75, 17, 40, 1], num_pad_tokens=2, max_seq_len=256, longest_first=True)
+
+
+def test_paged_attention_rejects_a_bad_seq_order() -> None:
+    batch = make_attention_batch([1, 1], [3, 9], 4, 2, 32, 16, 0, torch.float32, "cpu")
+    hints = {"max_query_len": 1, "max_seq_len": 9, "scale": 1.0}
+    with pytest.raises(ValueError, match="seq_order"):
+        triton_attention.paged_attention(**batch, **hints, seq_order=torch.tensor([1, 0]))  # int64
+
+
 @pytest.mark.filterwarnings("ignore:All-NaN slice")  # the merge reads padding rows' unwritten (NaN) partials
 @pytest.mark.parametrize("block_size", [16, 64])
 def test_paged_attention_split_kv_decode(cfg, block_size: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(triton_attention, "MIN_SPLIT_TOKENS", 32)
+    monkeypatch.setattr(triton_attention, "UNSPLIT_MAX_SEQ_LEN", 16)
     seq_lens = [3, 150, 97]
     for max_seq_len in (150, 1000):  # exact, and a graph-style bound (more splits, most of them empty)
         assert triton_attention._num_splits(3, 2, 1, max_seq_len, torch.device(cfg[0])) > 1
@@ -188,6 +211,21 @@ def test_paged_attention_split_kv_decode(cfg, block_size: int, monkeypatch: pyte
             num_pad_tokens=2,
             max_seq_len=max_seq_len,
         )
+
+
+def test_short_decode_contexts_run_unsplit() -> None:
+    """Up to UNSPLIT_MAX_SEQ_LEN no decode batch splits (no merge kernel); the CUDA-graph runner's short-context
+    graphs are captured with a bound that keeps them unsplit, for the buckets whose long-context graphs split."""
+    from inferd.worker import cuda_graph
+
+    cpu = torch.device("cpu")
+    short = triton_attention.UNSPLIT_MAX_SEQ_LEN
+    assert cuda_graph.SHORT_CONTEXT <= short
+    for batch in (1, 4, 16, 32):
+        assert triton_attention._num_splits(batch, 8, 1, short, cpu) == 1
+        assert triton_attention._num_splits(batch, 8, 1, 4096, cpu) > 1  # Qwen3-0.6B: 8 KV heads
+    assert triton_attention._num_splits(cuda_graph.SHORT_CONTEXT_MAX_BATCH * 2, 8, 1, 4096, cpu) == 1
+    assert triton_attention._num_splits(1, 8, 1, short + 1, cpu) > 1
 
 
 @pytest.mark.gpu

@@ -59,6 +59,7 @@ def paged_attention(
     max_query_len: int,
     max_seq_len: int,
     scale: float,
+    seq_order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of a flat batch of new tokens over their sequences' cached keys/values.
 
@@ -68,7 +69,9 @@ def paged_attention(
     Query token ``i`` of sequence ``b`` sits at position ``seq_lens[b] - query_len_b + i`` and attends to cached
     positions up to and including its own. Head ``h`` reads kv head ``h // (num_heads // num_kv_heads)``.
     Returns [num_tokens, num_heads, head_dim] in ``query.dtype``; rows past ``query_start_loc[-1]`` are zero.
-    Softmax runs in float32. ``max_query_len`` and ``max_seq_len`` are launch hints, unused here.
+    Softmax runs in float32. ``max_query_len`` and ``max_seq_len`` are launch hints, unused here; so is
+    ``seq_order`` ([num_seqs] int32, a permutation of the sequences, longest first: the order in which the GPU
+    kernel starts decode sequences, so that long ones do not start last).
     """
     del max_query_len, max_seq_len
     num_heads = query.shape[1]

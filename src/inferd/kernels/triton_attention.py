@@ -26,7 +26,14 @@ from inferd.kernels.triton_pdl import release, wait, wait_and_release
 LOG2E = 1.4426950408889634
 _DEEP_DECODE_SMEM = 200 * 1024  # shared memory the deep decode tiles need (H100: 227 KiB)
 MIN_SPLIT_TOKENS = 64  # a decode split covers at least this many context positions (tests lower it)
+# Decode batches whose contexts are all at most this long run unsplit: one program per sequence and KV head and
+# no merge kernel (its ~2 us per layer outweighs the split's gain there). The CUDA-graph runner's short-context
+# graphs (worker/cuda_graph.SHORT_CONTEXT) rely on it.
+UNSPLIT_MAX_SEQ_LEN = 256
 MAX_SPLITS = 32
+# Unsplit decode launches: a sequence's KV heads are neighbouring programs (grid axis 0), so they run together and
+# read the same block-table entries and KV-cache pages (the cache interleaves heads within each position).
+DECODE_HEADS_FIRST = True
 _DEFAULT_NUM_SMS = 132  # H100 SXM; used when no CUDA device is present (interpreter)
 
 
@@ -128,6 +135,7 @@ def _paged_attention_kernel(
     block_tables_ptr,
     seq_lens_ptr,
     query_start_loc_ptr,
+    seq_order_ptr,  # [num_seqs] int32, longest first (HAS_ORDER): decode program pid serves seq_order[pid]
     qk_scale,  # softmax scale * log2(e)
     num_seqs,
     num_tokens,
@@ -150,11 +158,17 @@ def _paged_attention_kernel(
     SPLIT: tl.constexpr,
     DECODE: tl.constexpr,  # max_query_len <= 1 (then BLOCK_Q == 1 and num_q_blocks == num_seqs)
     DOT_PRECISION: tl.constexpr,
+    HEADS_FIRST: tl.constexpr,  # grid (num_kv_heads, q blocks, splits) instead of (q blocks, num_kv_heads, splits)
+    HAS_ORDER: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):
     wait(USE_PDL)
-    pid = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    if HEADS_FIRST:
+        kv_head = tl.program_id(0)
+        pid = tl.program_id(1)
+    else:
+        pid = tl.program_id(0)
+        kv_head = tl.program_id(1)
     split = tl.program_id(2)
 
     rows = tl.arange(0, BLOCK_M)
@@ -173,8 +187,11 @@ def _paged_attention_kernel(
         tl.store(o_ptrs, zeros, mask=pad[:, None] & d_ok[None, :])
         return
 
-    if DECODE:  # at most one query token per sequence: program pid owns sequence pid, no search
-        seq = pid
+    if DECODE:  # at most one query token per sequence: program pid owns one sequence, no search
+        if HAS_ORDER:
+            seq = tl.load(seq_order_ptr + pid)
+        else:
+            seq = pid
     else:
         seq = _find_seq_idx(query_start_loc_ptr, pid, num_seqs, BLOCK_Q)
     q_start = tl.load(query_start_loc_ptr + seq)
@@ -332,8 +349,9 @@ def _smem_bytes(device: torch.device) -> int:
 def _num_splits(
     num_seqs: int, num_kv_heads: int, max_query_len: int, max_seq_len: int, device: torch.device
 ) -> int:
-    """Splits of the context per decode sequence: enough programs for ~2 waves, at least MIN_SPLIT_TOKENS each."""
-    if max_query_len != 1:
+    """Splits of the context per decode sequence: enough programs for ~2 waves, at least MIN_SPLIT_TOKENS each;
+    none when no context is longer than UNSPLIT_MAX_SEQ_LEN."""
+    if max_query_len != 1 or max_seq_len <= UNSPLIT_MAX_SEQ_LEN:
         return 1
     programs = max(1, num_seqs * num_kv_heads)
     by_occupancy = triton.cdiv(2 * _num_sms(device), programs)
@@ -352,12 +370,15 @@ def paged_attention(
     max_query_len: int,
     max_seq_len: int,
     scale: float,
+    seq_order: torch.Tensor | None = None,  # [num_seqs] int32: decode sequences longest first
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Causal GQA attention of each query token over its sequence's paged KV cache (which already holds it).
 
     Query token ``i`` of sequence ``b`` sits at position ``seq_lens[b] - query_len_b + i`` and attends to cached
     positions ``<=`` its own. Rows past ``query_start_loc[-1]`` are zero. ``max_query_len``/``max_seq_len`` may be
-    upper bounds (they only pick tile shapes and the split count). Softmax runs in float32.
+    upper bounds (they only pick tile shapes and the split count). Softmax runs in float32. ``seq_order`` (a
+    permutation of the sequences, longest first) makes a decode launch start its programs in that order: the GPU
+    hands out programs in launch order, so the long ones no longer risk starting last and running alone at the end.
     """
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = k_cache.shape[2]
@@ -369,6 +390,13 @@ def paged_attention(
     query = query if query.stride(-1) == 1 else query.contiguous()
     out = torch.empty((num_tokens, num_heads, head_dim), dtype=query.dtype, device=query.device)
     num_seqs = seq_lens.shape[0]
+    if seq_order is not None and (
+        seq_order.shape != (num_seqs,) or seq_order.dtype != torch.int32 or not seq_order.is_contiguous()
+    ):
+        raise ValueError(
+            f"seq_order must be a contiguous [{num_seqs}] int32 permutation of the sequences; got "
+            f"{tuple(seq_order.shape)} {seq_order.dtype}"
+        )
     if num_tokens == 0 or num_seqs == 0:
         return out.zero_()
 
@@ -379,10 +407,14 @@ def paged_attention(
     block_q = max(1, min(cfg.block_m // queries_per_kv, max_query_len))
     num_q_blocks = num_seqs if decode else num_tokens // block_q + num_seqs
     num_splits = cfg.num_splits
+    heads_first = False
 
     if num_splits == 1:
         part_acc = part_m = part_l = out  # unused placeholders
         grid = (num_q_blocks + triton.cdiv(num_tokens, block_q), num_kv_heads, 1)
+        heads_first = decode and DECODE_HEADS_FIRST
+        if heads_first:
+            grid = (num_kv_heads, grid[0], 1)
     else:
         part_m = torch.empty((num_tokens, num_heads, num_splits), dtype=torch.float32, device=query.device)
         part_l = torch.empty_like(part_m)
@@ -401,6 +433,7 @@ def paged_attention(
         block_tables,
         seq_lens,
         query_start_loc,
+        seq_lens if seq_order is None else seq_order,  # unread placeholder without an order
         scale * LOG2E,
         num_seqs,
         num_tokens,
@@ -420,6 +453,8 @@ def paged_attention(
         SPLIT=num_splits > 1,
         DECODE=decode,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
+        HEADS_FIRST=heads_first,
+        HAS_ORDER=decode and seq_order is not None,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         **pdl.launch_kwargs(query.device),

@@ -67,6 +67,7 @@ class Attention(nn.Module):
                 attn_metadata.max_query_len,
                 attn_metadata.max_seq_len,
                 self.scale,
+                attn_metadata.seq_order,
             )  # [num_tokens, num_heads, head_dim]
         return out.reshape(num_tokens, self.num_heads * self.head_dim)
 

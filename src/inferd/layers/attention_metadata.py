@@ -26,3 +26,6 @@ class AttentionMetadata:
     # Host copies of query_start_loc and seq_lens, for the pure-torch path (no device sync needed).
     query_start_loc_cpu: list[int] | None = None
     seq_lens_cpu: list[int] | None = None
+    # Decode steps (CUDA graphs): [num_seqs] int32, the sequences longest first — the order in which the
+    # attention kernel starts them (a launch hint; None: in batch order).
+    seq_order: torch.Tensor | None = None

@@ -290,7 +290,8 @@ def run(spec: dict[str, Any]) -> None:
         low, high = spec.get("buckets") or (1, max_num_seqs)
         for bs in reversed(graphs.buckets):
             if low <= bs <= high:
-                graphs.forward_eagerly(bs)
+                for ctx in graphs.contexts(bs):
+                    graphs.forward_eagerly(bs, ctx)
                 _mark(spec, f"bucket {bs} done")
         torch.cuda.synchronize()
 

@@ -355,6 +355,7 @@ class ModelRunner:
                         inputs.seq_lens,
                         inputs.block_tables,
                         input_ids_device=first_ids,
+                        max_seq_len=int(inputs.seq_lens.max()) + num_steps - 1,  # the round's last step
                     )
                 else:
                     logits = self.graph_runner.run_next(step_tokens[-1], slots_dev[i])
