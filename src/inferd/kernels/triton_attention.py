@@ -27,12 +27,13 @@ LOG2E = 1.4426950408889634
 _DEEP_DECODE_SMEM = 200 * 1024  # shared memory the deep decode tiles need (H100: 227 KiB)
 MIN_SPLIT_TOKENS = 64  # a decode split covers at least this many context positions (tests lower it)
 # Decode batches whose contexts are all at most this long run unsplit: one program per sequence and KV head and
-# no merge kernel (its ~2 us per layer outweighs the split's gain there). The CUDA-graph runner's short-context
-# graphs (worker/cuda_graph.SHORT_CONTEXT) rely on it.
+# no merge kernel (H100, batch 1, context 64 / 160: 6.1 -> 4.1 / 5.75 us per layer, benchmarks/results/run-s7-1).
+# The CUDA-graph runner's short-context graphs (worker/cuda_graph.SHORT_CONTEXT) rely on it.
 UNSPLIT_MAX_SEQ_LEN = 256
 MAX_SPLITS = 32
 # Unsplit decode launches: a sequence's KV heads are neighbouring programs (grid axis 0), so they run together and
-# read the same block-table entries and KV-cache pages (the cache interleaves heads within each position).
+# read the same block-table entries and KV-cache pages (the cache interleaves heads within each position). Measured
+# on an H100 it is worth little either way (-1.2% at 256 sequences, +0.9% at 96: benchmarks/results/run-s7-1).
 DECODE_HEADS_FIRST = True
 _DEFAULT_NUM_SMS = 132  # H100 SXM; used when no CUDA device is present (interpreter)
 

@@ -23,10 +23,10 @@ from inferd.layers.attention_metadata import AttentionMetadata
 
 logger = logging.getLogger(__name__)
 
-SHORT_CONTEXT = 256  # small buckets also get graphs for contexts up to this many tokens (unsplit attention)
-SHORT_CONTEXT_MAX_BATCH = (
-    32  # ... the buckets whose attention splits with max_model_len (8 KV heads, 132 SMs)
-)
+# Buckets of at most SHORT_CONTEXT_MAX_BATCH sequences (those whose attention splits at max_model_len with 8 KV heads
+# on 132 SMs) also get graphs for contexts up to SHORT_CONTEXT tokens, where the attention runs unsplit.
+SHORT_CONTEXT = 256
+SHORT_CONTEXT_MAX_BATCH = 32
 
 
 def batch_size_buckets(max_num_seqs: int) -> list[int]:
@@ -62,8 +62,8 @@ class CudaGraphRunner:
         self.query_start_loc = torch.arange(max_bs + 1, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros((max_bs, max_blocks), dtype=torch.int32, device=device)
         self.seq_order = torch.arange(max_bs, dtype=torch.int32, device=device)  # longest context first
-        # Pinned staging → one host-to-device copy per step: ids, positions, slots, seq_lens, order. Two sets, used in
-        # turn: the host fills one for the next round while the device may still be copying from the other
+        # Pinned staging → one host-to-device copy per step: ids, positions, slots, seq_lens, order. Two sets, used
+        # in turn: the host fills one for the next round while the device may still be copying from the other
         # (a round is launched before the previous one is waited for; the one before that has been).
         self._host = [torch.zeros((5, max_bs), dtype=torch.long, pin_memory=True) for _ in range(2)]
         self._dev = torch.zeros((5, max_bs), dtype=torch.long, device=device)
