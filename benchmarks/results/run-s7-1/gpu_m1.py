@@ -1,5 +1,6 @@
 """Session 7, call 1: one-row skinny-GEMM configs on Qwen3-0.6B shapes (FMA path, PDL, in CUDA graphs), with the
-weights of one-block programs loaded before the PDL wait (PRELOAD_ONE_BLOCK) on and off. argv[1]: output JSON."""
+weights of one-block programs loaded before the PDL wait (PRELOAD_ONE_BLOCK) on and off. argv[1]: output JSON.
+It ran on a tree with preload.diff (next to this file) applied; that change was not landed, so apply it first."""
 import json
 import sys
 from dataclasses import asdict, replace
