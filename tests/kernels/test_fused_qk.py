@@ -1,6 +1,8 @@
 """``qk_norm_rope_store``: the fused attention prologue (q/k RMSNorm, rotary, KV-cache write) equals the separate
 ``rms_norm`` → ``rotary_embedding`` → ``store_kv_cache`` sequence the model ran before, and the Triton kernel equals
-the reference (interpreter: float32, rel. error <= 1e-5; GPU: bf16 at Qwen3-0.6B / Llama-3 shapes, <= 1e-2).
+the reference (interpreter: float32, rel. error <= 1e-5, and bf16, <= 1e-2; GPU: bf16 at Qwen3-0.6B / Llama-3
+shapes, <= 1e-2), through both of its launches (per (token, head), and tiled: forced on small inputs through
+``TILED_MIN_TOKENS``).
 
 Caches start as NaN, so a slot written where the reference does not write (or not written where it does) fails.
 """
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import triton
 
 if not torch.cuda.is_available():
     os.environ.setdefault(
@@ -204,12 +207,81 @@ def test_select_backend_installs_fused_kernel(
 # ----------------------------------------------------------------------------------- Triton (interpreter)
 
 
+LAUNCHES = {"per-head": 1 << 30, "tiled": 0}  # triton_fused.TILED_MIN_TOKENS forcing each launch
+
+
+@pytest.fixture(params=list(LAUNCHES))
+def launch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test with each of ``qk_norm_rope_store``'s launches whatever the token count."""
+    monkeypatch.setattr(triton_fused, "TILED_MIN_TOKENS", LAUNCHES[request.param])
+    return request.param
+
+
 @needs_interpreter
 @pytest.mark.parametrize("num_tokens", [1, 6])
 @pytest.mark.parametrize("name", list(CPU_CASES))
-def test_triton_matches_reference_interpreted(name: str, num_tokens: int) -> None:
+def test_triton_matches_reference_interpreted(name: str, num_tokens: int, launch: str) -> None:
     a = make_inputs(CPU_CASES[name], num_tokens, torch.float32, "cpu", seed=num_tokens)
     check_against_reference(triton_fused.qk_norm_rope_store, a, 1e-5)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", list(CPU_CASES))
+def test_tiled_launch_equals_per_head_interpreted(
+    monkeypatch: pytest.MonkeyPatch, name: str, dtype: torch.dtype
+) -> None:
+    """The tiled launch gives the reference's values and the per-head launch's bits (the interpreter sums the
+    squares in the same order; a GPU may not), in one partial tile and in tiles of 2-8 heads whose rows straddle
+    tokens (5 tokens, 1-4 heads, a partial last tile), padding slots included."""
+    a = make_inputs(CPU_CASES[name], 5, dtype, "cpu", seed=5)
+    head_args = clone_caches(a)
+    monkeypatch.setattr(triton_fused, "TILED_MIN_TOKENS", LAUNCHES["per-head"])
+    head_q = triton_fused.qk_norm_rope_store(**head_args)
+    monkeypatch.setattr(triton_fused, "TILED_MIN_TOKENS", LAUNCHES["tiled"])
+    tiled = {}
+
+    def tiled_launch(**kwargs) -> torch.Tensor:  # keeps its arguments (the caches it wrote) and q
+        tiled.update(kwargs, q=triton_fused.qk_norm_rope_store(**kwargs))
+        return tiled["q"]
+
+    for tile_elems in (4096, 128):
+        monkeypatch.setattr(triton_fused, "_TILE_ELEMS", tile_elems)
+        check_against_reference(tiled_launch, a, 1e-5 if dtype == torch.float32 else 1e-2)
+        assert torch.equal(tiled["q"], head_q)
+        for name_c in ("k_cache", "v_cache"):
+            tiled_c, head_c = tiled[name_c], head_args[name_c]
+            assert torch.equal(tiled_c.isnan(), head_c.isnan())
+            assert torch.equal(tiled_c.nan_to_num(), head_c.nan_to_num())
+
+
+@needs_interpreter
+@pytest.mark.parametrize("num_tokens,tiled", [(4, False), (5, True)])
+def test_launch_follows_token_threshold(
+    monkeypatch: pytest.MonkeyPatch, num_tokens: int, tiled: bool
+) -> None:
+    """One launch per call: per (token, head) below ``TILED_MIN_TOKENS`` tokens, tiled from there on."""
+    launched = []
+
+    class Spy:
+        def __init__(self, kernel) -> None:
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            launched.append((self.kernel, grid))
+            return self.kernel[grid]
+
+    monkeypatch.setattr(triton_fused, "TILED_MIN_TOKENS", 5)
+    for kernel in ("_qk_norm_rope_store_kernel", "_qk_norm_rope_store_tiled_kernel"):
+        monkeypatch.setattr(triton_fused, kernel, Spy(getattr(triton_fused, kernel)))
+    a = make_inputs(CPU_CASES["qwen3-like"], num_tokens, torch.float32, "cpu")
+    check_against_reference(triton_fused.qk_norm_rope_store, a, 1e-5)
+    ((kernel, grid),) = launched
+    if tiled:  # 32-dim heads: 128 rows per program; 4 query + 2 key heads per token
+        assert kernel is triton_fused._qk_norm_rope_store_tiled_kernel.kernel
+        assert grid == (triton.cdiv(4 * num_tokens, 128) + triton.cdiv(2 * num_tokens, 128),)
+    else:
+        assert kernel is triton_fused._qk_norm_rope_store_kernel.kernel and grid == (num_tokens, 6)
 
 
 @needs_interpreter
@@ -247,9 +319,27 @@ GPU_CASES = {
 @needs_cuda
 @pytest.mark.parametrize("num_tokens", [1, 7, 256])
 @pytest.mark.parametrize("name", list(GPU_CASES))
-def test_triton_matches_reference_bf16(name: str, num_tokens: int) -> None:
+def test_triton_matches_reference_bf16(name: str, num_tokens: int, launch: str) -> None:
     a = make_inputs(GPU_CASES[name], num_tokens, torch.bfloat16, "cuda", seed=num_tokens)
     check_against_reference(triton_fused.qk_norm_rope_store, a, 1e-2)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("name", list(GPU_CASES))
+def test_tiled_launch_matches_per_head_launch(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The same math: at most a rare one-ulp difference where the two reductions sum the squares in another
+    order."""
+    a = make_inputs(GPU_CASES[name], 1000, torch.bfloat16, "cuda", seed=7)
+    outs = []
+    for launch in ("per-head", "tiled"):
+        monkeypatch.setattr(triton_fused, "TILED_MIN_TOKENS", LAUNCHES[launch])
+        args = clone_caches(a)
+        outs.append((triton_fused.qk_norm_rope_store(**args), args["k_cache"], args["v_cache"]))
+    for head_t, tiled_t in zip(*outs, strict=True):
+        assert torch.equal(head_t.isnan(), tiled_t.isnan())
+        assert (head_t.nan_to_num() != tiled_t.nan_to_num()).float().mean().item() <= 1e-3
+        assert rel_err(tiled_t.nan_to_num(), head_t.nan_to_num()) <= 1e-3
 
 
 @pytest.mark.gpu

@@ -23,6 +23,7 @@ _NAMES = (
     "rotary_embedding",
     "linear",
     "silu_and_mul_linear",
+    "add_rms_norm_linear",
     "qk_norm_rope_store",
     "temperature_race_sample",
     "decode_advance",
@@ -36,6 +37,7 @@ silu_and_mul = reference.silu_and_mul
 rotary_embedding = reference.rotary_embedding
 linear = reference.linear
 silu_and_mul_linear = reference.silu_and_mul_linear
+add_rms_norm_linear = reference.add_rms_norm_linear
 qk_norm_rope_store = reference.qk_norm_rope_store
 temperature_race_sample = reference.temperature_race_sample
 decode_advance = reference.decode_advance
@@ -49,10 +51,12 @@ def select_backend(device_type: str) -> str:
     With Triton, ``linear`` sends CUDA batches of at most 16 rows (``INFERD_SKINNY_MAX_M``) to the skinny GEMM and
     the rest to cuBLAS;
     ``silu_and_mul_linear`` (the MLP's activation + down projection) runs as one skinny-GEMM kernel where ``linear``
-    would use the skinny GEMM, else as ``silu_and_mul`` then ``linear``.
-    ``INFERD_SKINNY_GEMM=0`` keeps every ``linear`` on cuBLAS and ``silu_and_mul_linear`` as the backend's
-    ``silu_and_mul`` followed by ``linear`` (two kernels). ``INFERD_FUSED_QK_ROPE=0`` replaces the fused
-    attention prologue (``qk_norm_rope_store``) by the backend's separate norm, rotary and cache-write kernels.
+    would use the skinny GEMM, else as ``silu_and_mul`` then ``linear``; ``add_rms_norm_linear`` (residual add +
+    RMSNorm + the projection after it) likewise, else as ``fused_add_rms_norm`` then ``linear``.
+    ``INFERD_SKINNY_GEMM=0`` keeps every ``linear`` on cuBLAS and ``silu_and_mul_linear`` /
+    ``add_rms_norm_linear`` as the backend's ``silu_and_mul`` / norm followed by ``linear`` (two kernels).
+    ``INFERD_FUSED_QK_ROPE=0`` replaces the fused attention prologue (``qk_norm_rope_store``) by the backend's
+    separate norm, rotary and cache-write kernels.
     """
     global backend
     wanted = os.environ.get("INFERD_KERNEL_BACKEND", "auto").lower()
@@ -70,6 +74,8 @@ def select_backend(device_type: str) -> str:
         globals()["linear"] = triton_gemv.dispatch_linear if skinny else reference.linear
         fused_mlp = triton_gemv.dispatch_silu_and_mul_linear if skinny else _unfused_silu_and_mul_linear
         globals()["silu_and_mul_linear"] = fused_mlp
+        fused_norm = triton_gemv.dispatch_add_rms_norm_linear if skinny else _unfused_add_rms_norm_linear
+        globals()["add_rms_norm_linear"] = fused_norm
         _install(triton_fused, ("qk_norm_rope_store",))
         _install(triton_sampling, ("temperature_race_sample",))
         backend = "triton"
@@ -91,6 +97,11 @@ _unfused_silu_and_mul_linear = functools.partial(
     reference.silu_and_mul_linear_separately, sys.modules[__name__]
 )
 
+# ``add_rms_norm_linear`` as the installed backend's norm kernel then ``linear`` (INFERD_SKINNY_GEMM=0).
+_unfused_add_rms_norm_linear = functools.partial(
+    reference.add_rms_norm_linear_separately, sys.modules[__name__]
+)
+
 
 def _install(module: ModuleType, names: tuple[str, ...]) -> None:
     for name in names:
@@ -98,6 +109,7 @@ def _install(module: ModuleType, names: tuple[str, ...]) -> None:
 
 
 __all__ = [
+    "add_rms_norm_linear",
     "decode_advance",
     "fused_add_rms_norm",
     "linear",

@@ -1,7 +1,7 @@
 """Pure-torch kernels: the CPU path and the oracle the Triton kernels are tested against.
 
 Every kernel here has the same signature and contract as its Triton twin in ``kernels/triton_*.py``
-(``qk_norm_rope_store_separately`` is not a kernel: it composes the attention prologue from any backend's kernels).
+(the ``*_separately`` functions are not kernels: they compose a fused kernel from any backend's kernels).
 These versions favour clarity over speed (``paged_attention`` loops over sequences on the host).
 """
 
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "add_rms_norm_linear",
     "decode_advance",
     "fused_add_rms_norm",
     "linear",
@@ -191,6 +192,51 @@ def silu_and_mul_linear_separately(
             f"{tuple(weight.shape)}"
         )
     return ops.linear(ops.silu_and_mul(x), weight, bias)
+
+
+def add_rms_norm_linear(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A pre-norm projection: ``h = x + residual`` (or ``x`` when ``residual`` is None), then
+    ``linear(rms_norm(h, norm_weight, eps), weight, bias)``.
+
+    x, residual: [M, K]; norm_weight: [K]; weight [N, K]; bias [N] or None. Returns ``(out [M, N], h [M, K])``, both
+    in ``x.dtype``: ``h`` is the next residual (a new tensor where a residual was added, else ``x`` itself). The sum
+    is rounded to ``x.dtype`` as :func:`fused_add_rms_norm` rounds it; fused versions may skip rounding the normed
+    rows before the matmul.
+    """
+    return add_rms_norm_linear_separately(sys.modules[__name__], x, residual, norm_weight, eps, weight, bias)
+
+
+def add_rms_norm_linear_separately(
+    ops: ModuleType,
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`add_rms_norm_linear` as ``ops.fused_add_rms_norm`` (or ``ops.rms_norm``) then ``ops.linear``."""
+    if (
+        x.dim() != 2
+        or weight.dim() != 2
+        or x.shape[1] != weight.shape[1]
+        or norm_weight.shape != (x.shape[1],)
+    ):
+        raise ValueError(
+            f"add_rms_norm_linear needs x [M, K], norm_weight [K] and weight [N, K]; got {tuple(x.shape)}, "
+            f"{tuple(norm_weight.shape)} and {tuple(weight.shape)}"
+        )
+    if residual is None:
+        return ops.linear(ops.rms_norm(x, norm_weight, eps), weight, bias), x
+    normed, summed = ops.fused_add_rms_norm(x, residual, norm_weight, eps)
+    return ops.linear(normed, weight, bias), summed
 
 
 def qk_norm_rope_store(

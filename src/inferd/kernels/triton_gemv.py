@@ -21,6 +21,8 @@ the workspace. Launches sharing a device's counters must not run concurrently (o
 
 ``silu_and_mul_linear`` is the same kernel with a prologue that builds each x tile as ``silu(gate) * up`` from a
 ``[gate | up]`` input (the MLP's down projection fed by the un-activated gate_up output): one kernel instead of two.
+``add_rms_norm_linear`` likewise folds the residual add + RMSNorm before a projection into its x tiles (whole-K
+programs only; the decoder layer sends it one-row batches, :data:`NORM_MAX_M`).
 
 Launch parameters come from a small table (:func:`pick_config`) keyed on ``M``, ``N``, ``K`` and the SM count: no
 autotuning at run time and no host syncs, so a call can be captured in a CUDA graph once an eager call has compiled
@@ -70,6 +72,11 @@ def parse_skinny_max_m(value: str | None) -> int:
 # Largest batch dispatch_linear / dispatch_silu_and_mul_linear send to the skinny kernel; larger ones go to cuBLAS.
 MAX_M = parse_skinny_max_m(os.environ.get("INFERD_SKINNY_MAX_M"))
 
+# Largest batch whose pre-norm dispatch_add_rms_norm_linear fuses into the skinny GEMM. One row only: on an H100
+# (benchmarks/results/run-s8-3) Qwen3-0.6B batch 1 went 0.922 -> 0.858-0.879 ms per token with it, but batches of
+# 8 / 16, where the tensor-core path takes it, 1.24-1.25 / 1.30-1.35 -> 1.42-1.44 / 1.47-1.48 ms.
+NORM_MAX_M = 1
+
 # device -> int32 split-K arrival counters (all zero between launches); outgrown buffers stay alive in the retired
 # list because CUDA graphs captured before the growth still point at them.
 _COUNTERS: dict[torch.device, torch.Tensor] = {}
@@ -97,6 +104,39 @@ def _load_x(x_ptrs, kk, K, EVEN_K: tl.constexpr, SILU_MUL: tl.constexpr):
     return xv
 
 
+@triton.jit
+def _norm_input(xv, res_ptrs, nw_ptrs, k_ok, EVEN_K: tl.constexpr, HAS_RES: tl.constexpr):
+    """The pre-norm prologue of one x tile: ``h = x + residual`` rounded to x's dtype, then ``(h * norm_weight,
+    h * h)`` in float32. The caller scales its products by ``rsqrt(mean(h * h) + eps)`` at the end (the norm is
+    linear in h)."""
+    if HAS_RES:
+        if EVEN_K:
+            r = tl.load(res_ptrs)
+        else:
+            r = tl.load(res_ptrs, mask=k_ok, other=0.0)
+        xv = (xv.to(tl.float32) + r.to(tl.float32)).to(xv.dtype)
+    if EVEN_K:
+        nw = tl.load(nw_ptrs)
+    else:
+        nw = tl.load(nw_ptrs, mask=k_ok, other=0.0)
+    hf = xv.to(tl.float32)
+    return hf * nw.to(tl.float32), hf * hf
+
+
+@triton.jit
+def _store_residual(x_ptr, res_ptr, h_ptr, M, K, stride_m, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``h = x + residual`` (rounded to x's dtype) for the [M, K] rows, by the one program that calls it, after its
+    main loop (a store inside the pipelined weight loop slows it down); the rows are L2-hot by then."""
+    offs_m = tl.arange(0, BLOCK_M)
+    for k in range(0, K, BLOCK_K):
+        kk = k + tl.arange(0, BLOCK_K)
+        offs = offs_m[:, None] * stride_m + kk[None, :]  # [BLOCK_M, BLOCK_K]
+        ok = (offs_m < M)[:, None] & (kk < K)[None, :]
+        xv = tl.load(x_ptr + offs, mask=ok, other=0.0)
+        r = tl.load(res_ptr + offs, mask=ok, other=0.0)
+        tl.store(h_ptr + offs, (xv.to(tl.float32) + r.to(tl.float32)).to(xv.dtype), mask=ok)
+
+
 @triton.jit(do_not_specialize=["M", "stride_os", "split_k"])
 def _gemv_kernel(
     x_ptr,
@@ -105,6 +145,10 @@ def _gemv_kernel(
     out_ptr,
     ws_ptr,
     cnt_ptr,
+    res_ptr,
+    nw_ptr,
+    h_ptr,
+    eps,
     M,
     N,
     K,
@@ -120,6 +164,8 @@ def _gemv_kernel(
     EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr,
     SILU_MUL: tl.constexpr,
+    NORM: tl.constexpr,
+    HAS_RES: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -140,6 +186,8 @@ def _gemv_kernel(
         offs_m = tl.arange(0, BLOCK_M)
         x_rows = x_ptr + tl.minimum(offs_m, M - 1) * stride_xm  # [BLOCK_M] padded rows reread row M - 1
         acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        sumsq = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)  # NORM: h^2, reduced after the loop
+        row_offs = tl.minimum(offs_m, M - 1) * stride_xm  # [BLOCK_M] (the residual shares x's layout)
         for k in tl.range(k_begin, k_end, BLOCK_K, num_stages=NUM_STAGES):
             kk = k + offs_k  # [BLOCK_K]
             if EVEN_K:
@@ -148,17 +196,27 @@ def _gemv_kernel(
                 w = tl.load(w_rows[:, None] + kk[None, :], mask=(kk < K)[None, :], other=0.0)
             x_ptrs = x_rows[:, None] + kk[None, :]  # [BLOCK_M, BLOCK_K]
             xv = _load_x(x_ptrs, kk[None, :], K, EVEN_K, SILU_MUL)
+            if NORM:
+                offs = row_offs[:, None] + kk[None, :]  # [BLOCK_M, BLOCK_K]
+                xn, sq = _norm_input(
+                    xv, res_ptr + offs, nw_ptr + kk[None, :], (kk < K)[None, :], EVEN_K, HAS_RES
+                )
+                sumsq += sq
+                xv = xn.to(xv.dtype)
             w = w.to(xv.dtype)
             if IEEE_DOT:
                 acc = tl.dot(w, tl.trans(xv), acc, input_precision="ieee")  # [BLOCK_N, BLOCK_M]
             else:
                 acc = tl.dot(w, tl.trans(xv), acc)
+        if NORM:
+            acc = acc * tl.rsqrt(tl.sum(sumsq, axis=1) / K + eps)[None, :]
         tile = offs_m[None, :] * stride_om + offs_n[:, None]  # [BLOCK_N, BLOCK_M] offsets in one [M, N] plane
         tile_ok = n_ok[:, None] & (offs_m < M)[None, :]
         bias_offs = offs_n[:, None]  # [BLOCK_N, 1]
         bias_ok = n_ok[:, None]
     else:
         acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        sumsq1 = tl.zeros([BLOCK_K], dtype=tl.float32)  # NORM: h^2 per K lane
         for k in tl.range(k_begin, k_end, BLOCK_K, num_stages=NUM_STAGES):
             kk = k + offs_k
             if EVEN_K:
@@ -166,13 +224,25 @@ def _gemv_kernel(
             else:
                 w = tl.load(w_rows[:, None] + kk[None, :], mask=(kk < K)[None, :], other=0.0)
             xv = _load_x(x_ptr + kk, kk, K, EVEN_K, SILU_MUL)  # [BLOCK_K]
-            acc2 += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+            if NORM:
+                xn, sq = _norm_input(xv, res_ptr + kk, nw_ptr + kk, kk < K, EVEN_K, HAS_RES)
+                sumsq1 += sq
+                acc2 += w.to(tl.float32) * xn[None, :]
+            else:
+                acc2 += w.to(tl.float32) * xv.to(tl.float32)[None, :]
         acc = tl.sum(acc2, axis=1)  # [BLOCK_N]
+        if NORM:
+            acc = acc * tl.rsqrt(tl.sum(sumsq1, axis=0) / K + eps)
         tile = offs_n
         tile_ok = n_ok
         bias_offs = offs_n
         bias_ok = n_ok
     release(USE_PDL)  # the weight stream is done: the next kernel may launch
+    if NORM and HAS_RES:
+        # Program 0 writes the next residual. After the release is safe: a dependent launch's wait returns only
+        # once this whole grid has finished and its stores are visible.
+        if pid_n == 0:
+            _store_residual(x_ptr, res_ptr, h_ptr, M, K, stride_xm, BLOCK_M, BLOCK_K)
     if SPLIT:
         # Publish this split's float32 partial, then count arrivals at this column tile. The barrier orders every
         # thread's partial stores before the (single-thread, gpu-scope acq_rel) atomic that releases them; the last
@@ -331,9 +401,12 @@ def launch(
     cfg: GemvConfig,
     *,
     silu_mul: bool = False,
+    norm: tuple[torch.Tensor | None, torch.Tensor, float, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``linear`` with explicit launch parameters (tests and benchmarks sweep these). With ``silu_mul``, ``x`` is
-    ``[M, 2 * K]`` (gate | up) and the product is ``silu_and_mul(x) @ weight.T (+ bias)``."""
+    ``[M, 2 * K]`` (gate | up) and the product is ``silu_and_mul(x) @ weight.T (+ bias)``. With ``norm`` =
+    ``(residual or None, norm_weight [K], eps, h [M, K])`` the product is of ``rms_norm(x + residual)`` and the sum
+    is written to ``h`` (see :func:`add_rms_norm_linear`); it needs a config without a K split."""
     what = "silu_and_mul_linear needs x [M, 2 * K]" if silu_mul else "linear needs x [M, K]"
     width = 2 * weight.shape[1] if weight.dim() == 2 else -1
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != (width if silu_mul else weight.shape[1]):
@@ -363,6 +436,20 @@ def launch(
         )
     k_split = cfg.k_split if split_k > 1 else triton.cdiv(K, block_k) * block_k
     n_tiles = triton.cdiv(N, block_n)
+    residual, norm_weight, eps, h = None, None, 0.0, None
+    if norm is not None:
+        residual, norm_weight, eps, h = norm
+        if split_k > 1 or silu_mul:
+            raise ValueError("the fused pre-norm needs whole-K programs (k_split 0) and no silu_mul input")
+        if x.stride(0) != K or h.shape != x.shape or h.stride(0) != K or norm_weight.shape != (K,):
+            raise ValueError(
+                f"the fused pre-norm needs contiguous x and h [M, K] and norm_weight [{K}]; got x "
+                f"{tuple(x.shape)}, h {tuple(h.shape)}, norm_weight {tuple(norm_weight.shape)}"
+            )
+        if residual is not None and (residual.shape != x.shape or residual.stride(0) != K):
+            raise ValueError(
+                f"residual must be a contiguous {tuple(x.shape)} tensor; got {tuple(residual.shape)}"
+            )
     if split_k > 1:
         workspace = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device)  # per-split partials
         counters = _arrival_counters(x.device, n_tiles)
@@ -375,6 +462,10 @@ def launch(
         out,
         workspace,
         counters,
+        residual if residual is not None else x,
+        norm_weight if norm_weight is not None else x,
+        h if h is not None else x,
+        eps,
         M,
         N,
         K,
@@ -390,6 +481,8 @@ def launch(
         EVEN_K=K % block_k == 0,
         SPLIT=split_k > 1,
         SILU_MUL=silu_mul,
+        NORM=norm is not None,
+        HAS_RES=residual is not None,
         BLOCK_M=dot_block_m(M) if use_dot else 1,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
@@ -421,6 +514,30 @@ def silu_and_mul_linear(
     :func:`linear`."""
     cfg = pick_config(x.shape[0], weight.shape[0], weight.shape[-1], x.dtype, _sm_count(x.device))
     return launch(x, weight, bias, cfg, silu_mul=True)
+
+
+def add_rms_norm_linear(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reference.add_rms_norm_linear`` in one kernel for contiguous x (and residual) [M, K] with ``M <= 64``
+    (:data:`KERNEL_MAX_M`), with :func:`pick_config`'s tiles and whole-K programs (no K split).
+
+    Every program adds the residual to the x tiles it loads (rounded to x's dtype, as ``fused_add_rms_norm`` does),
+    multiplies them by ``norm_weight`` and accumulates their squares next to the products; the products are scaled
+    by ``rsqrt(mean(h^2) + eps)`` at the end, which saves the norm kernel (and its launch) before the projection.
+    The normed rows are not rounded to x's dtype before the products (the two-kernel path rounds them), so 16-bit
+    results differ from it by rounding. Program 0 writes ``h = x + residual`` (a new tensor; with no residual, ``x``
+    itself is returned as ``h``). Same capture rules as :func:`linear`."""
+    cfg = pick_config(x.shape[0], weight.shape[0], weight.shape[-1], x.dtype, _sm_count(x.device))
+    cfg = replace(cfg, k_split=0)  # whole-K programs (the dispatcher sends split configs to the two kernels)
+    h = x if residual is None else torch.empty_like(x)
+    out = launch(x, weight, bias, cfg, norm=(residual, norm_weight, eps, h))
+    return out, h
 
 
 def _skinny_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -455,3 +572,37 @@ def dispatch_silu_and_mul_linear(
     from inferd.kernels import triton_ops
 
     return dispatch_linear(triton_ops.silu_and_mul(x), weight, bias)
+
+
+def dispatch_add_rms_norm_linear(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``kernels.add_rms_norm_linear`` on CUDA: the fused skinny kernel where :func:`dispatch_linear` would use the
+    skinny kernel with whole-K programs (and x, residual are contiguous [M, K] of one dtype); otherwise
+    ``triton_ops.fused_add_rms_norm`` (or ``rms_norm``) then :func:`dispatch_linear`."""
+    if (
+        _skinny_ok(x, weight)
+        and x.shape[0] <= NORM_MAX_M
+        and x.shape[1] == weight.shape[1]
+        and norm_weight.shape == (x.shape[1],)
+        and (
+            residual is None
+            or (residual.shape == x.shape and residual.dtype == x.dtype and residual.is_contiguous())
+        )
+        and pick_config(x.shape[0], weight.shape[0], weight.shape[1], x.dtype, _sm_count(x.device)).split_k(
+            weight.shape[1]
+        )
+        == 1
+    ):
+        return add_rms_norm_linear(x, residual, norm_weight, eps, weight, bias)
+    from inferd.kernels import triton_ops
+
+    if residual is None:
+        return dispatch_linear(triton_ops.rms_norm(x, norm_weight, eps), weight, bias), x
+    normed, summed = triton_ops.fused_add_rms_norm(x, residual, norm_weight, eps)
+    return dispatch_linear(normed, weight, bias), summed

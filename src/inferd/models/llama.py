@@ -87,7 +87,12 @@ class DecoderAttention(nn.Module):
         With a bound KV cache, q/k norm, rotary and the cache write are one fused kernel and attention reads
         keys/values from the cache; without one (model tests), the separate layers run.
         """
-        qkv = self.qkv_proj(hidden_states)  # [num_tokens, q_size + 2 * kv_size]
+        return self.attend(positions, self.qkv_proj(hidden_states), attn_metadata)
+
+    def attend(
+        self, positions: torch.Tensor, qkv: torch.Tensor, attn_metadata: AttentionMetadata
+    ) -> torch.Tensor:
+        """:meth:`forward` from the q/k/v projection's output qkv [num_tokens, q_size + 2 * kv_size] on."""
         kv_cache = self.attn.kv_cache
         if kv_cache is not None:
             q = kernels.qk_norm_rope_store(
@@ -153,7 +158,26 @@ class DecoderLayer(nn.Module):
         where they can (no bias): the norm after each sums them over the ranks, fused with the residual add
         (``RMSNorm(..., reduce=True)``). So the returned output is partial when :attr:`output_is_partial`, and a
         ``hidden_states`` input that comes from the previous layer is taken as partial in that case too.
+
+        Without tensor parallelism each norm runs inside the projection after it (``kernels.add_rms_norm_linear``:
+        one skinny-GEMM kernel for small CUDA batches instead of a norm kernel and a GEMV).
         """
+        if self.fuse_norms:
+            attn, mlp = self.self_attn, self.mlp
+            ln, post_ln = self.input_layernorm, self.post_attention_layernorm
+            qkv, residual = kernels.add_rms_norm_linear(
+                hidden_states, residual, ln.weight, ln.eps, attn.qkv_proj.weight, attn.qkv_proj.bias
+            )  # [num_tokens, q_size + 2 * kv_size], [num_tokens, hidden]
+            hidden_states = attn.attend(positions, qkv, attn_metadata)
+            gate_up, residual = kernels.add_rms_norm_linear(
+                hidden_states,
+                residual,
+                post_ln.weight,
+                post_ln.eps,
+                mlp.gate_up_proj.weight,
+                mlp.gate_up_proj.bias,
+            )  # [num_tokens, 2 * intermediate], [num_tokens, hidden]
+            return mlp.down_proj(gate_up, silu_mul_input=True), residual
         if residual is None:
             residual = hidden_states
             hidden_states = self.input_layernorm(hidden_states)
@@ -166,6 +190,12 @@ class DecoderLayer(nn.Module):
             hidden_states, residual, reduce=self.self_attn.o_proj.defers_reduce
         )
         return self.mlp(hidden_states), residual
+
+    @property
+    def fuse_norms(self) -> bool:
+        """Whether the norms run inside the projections after them: only without tensor parallelism, where no
+        all-reduce is fused with the norm instead."""
+        return self.self_attn.qkv_proj.tp_size == 1
 
     @property
     def output_is_partial(self) -> bool:
