@@ -160,7 +160,7 @@ class DecoderLayer(nn.Module):
         ``hidden_states`` input that comes from the previous layer is taken as partial in that case too.
 
         Without tensor parallelism each norm runs inside the projection after it (``kernels.add_rms_norm_linear``:
-        one skinny-GEMM kernel for small CUDA batches instead of a norm kernel and a GEMV).
+        one skinny-GEMM kernel for one-row CUDA batches instead of a norm kernel and a GEMV; two kernels otherwise).
         """
         if self.fuse_norms:
             attn, mlp = self.self_attn, self.mlp
