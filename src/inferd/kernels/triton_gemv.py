@@ -535,6 +535,18 @@ def add_rms_norm_linear(
     itself is returned as ``h``). Same capture rules as :func:`linear`."""
     cfg = pick_config(x.shape[0], weight.shape[0], weight.shape[-1], x.dtype, _sm_count(x.device))
     cfg = replace(cfg, k_split=0)  # whole-K programs (the dispatcher sends split configs to the two kernels)
+    return _launch_norm(x, residual, norm_weight, eps, weight, bias, cfg)
+
+
+def _launch_norm(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cfg: GemvConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     h = x if residual is None else torch.empty_like(x)
     out = launch(x, weight, bias, cfg, norm=(residual, norm_weight, eps, h))
     return out, h
@@ -594,12 +606,10 @@ def dispatch_add_rms_norm_linear(
             residual is None
             or (residual.shape == x.shape and residual.dtype == x.dtype and residual.is_contiguous())
         )
-        and pick_config(x.shape[0], weight.shape[0], weight.shape[1], x.dtype, _sm_count(x.device)).split_k(
-            weight.shape[1]
-        )
-        == 1
     ):
-        return add_rms_norm_linear(x, residual, norm_weight, eps, weight, bias)
+        cfg = pick_config(x.shape[0], weight.shape[0], weight.shape[1], x.dtype, _sm_count(x.device))
+        if cfg.split_k(weight.shape[1]) == 1:
+            return _launch_norm(x, residual, norm_weight, eps, weight, bias, cfg)
     from inferd.kernels import triton_ops
 
     if residual is None:
